@@ -1,0 +1,126 @@
+"""Graph queries the matcher needs: static values, constants, closures, backward search.
+
+Vocabulary:
+- *static* node: its value is not a tensor (a size, a dtype, a shape tuple). Its value is known from
+  shape propagation (``meta["val"]``), so it never has to be bound or computed.
+- *constant* node: a tensor computed from static values only (``torch.arange(n)``, ``x.new_zeros``
+  excluded since it reads ``x``'s device only through ``x``). Recomputed on demand.
+- *closure* of a set of bound nodes: every node computable from them (plus statics and constants).
+  A pattern instance is a subset of the closure of its inputs: this is what keeps the search local
+  and what makes the rewrite safe to place right after the inputs.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable
+
+import torch
+import torch.fx
+
+from fusegraph.canonicalize import PLUMBING, op_label
+
+
+class GraphFacts:
+    """Cached per-graph facts (topological order, static/constant classification)."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.gm = gm
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self._constant: dict[torch.fx.Node, bool] = {}
+
+    def is_static(self, node: torch.fx.Node) -> bool:
+        if node.op in ("placeholder", "get_attr"):
+            return not isinstance(node.meta.get("val", getattr(self._attr(node), "data", None)), torch.Tensor)
+        return "val" in node.meta and not isinstance(node.meta["val"], torch.Tensor) and \
+            not _holds_tensor(node.meta["val"])
+
+    def _attr(self, node: torch.fx.Node):
+        if node.op != "get_attr":
+            return None
+        obj = self.gm
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part, None)
+        return obj
+
+    def is_constant(self, node: torch.fx.Node) -> bool:
+        """A tensor computed from static values only."""
+        if node in self._constant:
+            return self._constant[node]
+        result = False
+        if node.op in ("call_function", "call_method") and not self.is_static(node):
+            ins = node.all_input_nodes
+            result = all(self.is_static(a) or self.is_constant(a) for a in ins)
+        self._constant[node] = result
+        return result
+
+    def free(self, node: torch.fx.Node) -> bool:
+        """Available to any computation without binding: statics and constants."""
+        return self.is_static(node) or self.is_constant(node)
+
+    def joinable(self, node: torch.fx.Node) -> bool:
+        """Can ``node`` be part of a closure? Module calls hide their parameters: never."""
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(str(node.target))
+            return not any(True for _ in mod.parameters()) and not any(True for _ in mod.buffers())
+        return node.op in ("call_function", "call_method")
+
+    def closure(self, bound: Iterable[torch.fx.Node]) -> set[torch.fx.Node]:
+        """Every node computable from ``bound`` (with statics and constants), found from their users."""
+        inside = set(bound)
+        queue = deque(u for b in inside for u in b.users)
+        while queue:
+            node = queue.popleft()
+            if node in inside or not self.joinable(node) or self.is_static(node):
+                continue
+            if all(a in inside or self.free(a) for a in node.all_input_nodes):
+                inside.add(node)
+                queue.extend(node.users)
+        return inside
+
+    def frontier(self, closure: set[torch.fx.Node]) -> list[torch.fx.Node]:
+        """Nodes that consume the closure but need something else too."""
+        out = {u for n in closure for u in n.users if u not in closure and u.op != "output"}
+        return sorted(out, key=self.order.__getitem__)
+
+    def backward_search(self, start: torch.fx.Node, fits: Callable[[torch.fx.Node], bool],
+                        stop: set[torch.fx.Node], max_depth: int = 6) -> torch.fx.Node | None:
+        """Breadth-first from ``start`` towards inputs; the first node ``fits`` accepts."""
+        seen = {start}
+        queue = deque([(start, 0)])
+        while queue:
+            node, depth = queue.popleft()
+            if node in stop or self.free(node):
+                continue
+            if fits(node):
+                return node
+            if depth == max_depth:
+                continue
+            for a in node.all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    queue.append((a, depth + 1))
+        return None
+
+    def uses_through_plumbing(self, node: torch.fx.Node, labels: tuple[str, ...], depth: int = 3) -> bool:
+        """Is ``node`` consumed (directly or through views/casts) by an op with one of ``labels``?"""
+        frontier = [node]
+        for _ in range(depth):
+            nxt = []
+            for n in frontier:
+                for u in n.users:
+                    label = op_label(u)
+                    if label in labels:
+                        return True
+                    if label in PLUMBING:
+                        nxt.append(u)
+            frontier = nxt
+        return False
+
+    def topo(self, nodes: Iterable[torch.fx.Node]) -> list[torch.fx.Node]:
+        return sorted(nodes, key=self.order.__getitem__)
+
+
+def _holds_tensor(val) -> bool:
+    if isinstance(val, (list, tuple)):
+        return any(isinstance(v, torch.Tensor) or _holds_tensor(v) for v in val)
+    return False

@@ -1,0 +1,283 @@
+"""Matching by evaluation.
+
+For each pattern and each seed in the graph:
+
+1. **bind** the pattern's inputs to graph values (``bind``);
+2. check the pattern's **constraints** on the bound shape symbols;
+3. **evaluate** the closure of the bound values on random inputs, and the reference on the same
+   inputs; each reference output is **aligned** with the earliest graph value equal to it;
+4. cut the **region** (backward slice from those values) and run the structural checks (``region``);
+5. **verify**: re-run the region alone against the reference under every regime of the pattern
+   (fresh inputs, stress distributions that make eps and constants visible).
+
+Any spelling that computes the pattern's values matches — loops, einsum, ``x*x``, ``1/sqrt``,
+another dtype path within tolerance — and no subgraph with other semantics can, because step 5 would
+see it. Failures become ``NearMiss`` records with a stage, a classified kind, the first divergent node
+and the deepest partial match (``diagnose``).
+
+Layers repeat: a result is cached under a signature of the closure's structure (ops, wiring, literal
+arguments, shapes), so the 61 layers of a large model cost one evaluation per distinct layer shape.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+
+from fusegraph.canonicalize import mutated_input, op_label
+from fusegraph.capture import module_path, source_of
+from fusegraph.match.bind import Binding, bind, seeds, swapped
+from fusegraph.match.diagnose import align
+from fusegraph.match.evaluate import draw_inputs, run_graph, run_reference
+from fusegraph.match.graph_facts import GraphFacts
+from fusegraph.match.region import Region, backward_slice, check
+from fusegraph.match.values import violation
+from fusegraph.pattern import Pattern
+from fusegraph.records import NearMiss
+
+REPORT_FRACTION = 0.25   # near misses below this share of pattern values found are not reported
+_DTYPE_LOOSE = {torch.float32: torch.bfloat16}
+
+
+@dataclass
+class Match:
+    pattern: Pattern
+    binding: Binding
+    region: Region
+    error: float           # worst verification violation (<= 1)
+    ref_shapes: dict[int, tuple[int, ...]]  # reference output shapes (the fused op's)
+
+
+@dataclass
+class _Cached:
+    kind: str                              # "match" or "miss"
+    outputs: dict[int, int] | None = None  # output index -> closure position
+    mutations: list[int] | None = None
+    miss: dict[str, Any] | None = None
+    divergent: int | None = None
+    error: float = 0.0
+    ref_shapes: dict[int, tuple[int, ...]] | None = None
+
+
+class Matcher:
+    def __init__(self, gm: torch.fx.GraphModule, seed: int = 0):
+        self.gm = gm
+        self.facts = GraphFacts(gm)
+        self.seed = seed
+        self.cache: dict[tuple[str, str], _Cached] = {}
+        self.claimed: set[torch.fx.Node] = set()    # nodes of accepted regions (outputs included)
+        self.internal: set[torch.fx.Node] = set()   # the same minus outputs: later patterns may read outputs
+
+    # -- public ------------------------------------------------------------------------------
+    def run(self, pattern: Pattern) -> tuple[list[Match], list[NearMiss]]:
+        matches, misses = [], []
+        for seed in seeds(self.facts, pattern):
+            if seed in self.internal:
+                continue
+            result = self.try_seed(pattern, seed)
+            if isinstance(result, Match):
+                matches.append(result)
+                self.claimed.update(result.region.nodes)
+                outs = set(result.region.outputs.values()) | set(result.region.mutations)
+                self.internal.update(n for n in result.region.nodes if n not in outs)
+            elif result is not None:
+                misses.append(result)
+        return matches, misses
+
+    def try_seed(self, pattern: Pattern, seed: torch.fx.Node) -> Match | NearMiss | None:
+        binding = bind(self.facts, pattern, seed)
+        result = self._try_binding(pattern, binding)
+        # Inputs with the same spec (cos/sin, kv/score) may have been bound the wrong way round.
+        pairs = pattern.interchangeable
+        for mask in range(1, 2 ** len(pairs)):
+            if isinstance(result, Match) or result is None or not binding.complete:
+                break
+            alt = binding
+            for k, (a, b) in enumerate(pairs):
+                if mask >> k & 1:
+                    alt = swapped(alt, a, b)
+            found = self._try_binding(pattern, alt)
+            if isinstance(found, Match) or found is None:
+                return found
+        return result
+
+    def _try_binding(self, pattern: Pattern, binding: Binding) -> Match | NearMiss | None:
+        seed = binding.seed
+        if not binding.complete:
+            return self._miss(pattern, seed, "bind", "missing input",
+                              f"no value fits input(s) {', '.join(binding.missing)} "
+                              f"({', '.join(_spec_str(pattern, m) for m in binding.missing)}) near `{seed.name}`")
+        bound = set(binding.nodes.values())
+        closure = self.facts.topo(n for n in self.facts.closure(bound) if n not in bound)
+        if not closure or all(n in self.claimed for n in closure):
+            return None
+        reason = pattern.constraints(binding.dims)
+        if reason:
+            # Report it only if the subgraph otherwise is this pattern (the reference runs on any size).
+            key = (pattern.name, _signature(closure, binding))
+            cached = self.cache.get(key) or self._evaluate(pattern, binding, closure)
+            self.cache[key] = cached
+            fraction = 1.0 if cached.kind == "match" else (cached.miss or {}).get("fraction", 0.0)
+            return self._miss(pattern, seed, "constraints", "shape constraint", reason, fraction=fraction)
+        key = (pattern.name, _signature(closure, binding))
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self._evaluate(pattern, binding, closure)
+            self.cache[key] = cached
+        return self._realize(pattern, binding, closure, cached)
+
+    # -- evaluation (uncached path) --------------------------------------------------------------
+    def _evaluate(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node]) -> _Cached:
+        """Run closure and reference under every regime; an output is the earliest graph value equal
+        to the reference's in all of them (one draw could make a Sinkhorn iterate look final)."""
+        positions = {n: i for i, n in enumerate(closure)}
+        bound = set(binding.nodes.values())
+        runs = []
+        for k, regime in enumerate(pattern.regimes):
+            inputs = draw_inputs(binding, regime, self.seed + k)
+            try:
+                env = run_graph(self.facts, closure, binding, inputs)
+                ref_out, ref_mut, ref_vals = run_reference(binding, inputs, record=(k == 0))
+            except Exception as exc:  # the candidate cannot even run on its own inputs
+                return _Cached("miss", miss=dict(stage="evaluate", kind="semantics",
+                                                 reason=f"evaluating the candidate failed: {type(exc).__name__}: {exc}"))
+            runs.append((regime, env, ref_out, ref_mut, ref_vals))
+        regime0, env0, ref0, mut0, vals0 = runs[0]
+        outputs: dict[int, int] = {}
+        worst = 0.0
+        for i, ref in enumerate(ref0):
+            agree = [n for n in closure if n not in self.claimed and violation(env0[n], ref) <= 1.0]
+            found = None
+            for n in agree:
+                scores = [violation(env[n], r_out[i]) for _, env, r_out, _, _ in runs[1:]]
+                if all(v <= 1.0 for v in scores):
+                    found = n
+                    worst = max([worst, violation(env0[n], ref)] + scores)
+                    break
+            if found is None and agree:
+                bad = next(k for k, (_, env, r_out, _, _) in enumerate(runs[1:], 1)
+                           if violation(env[agree[-1]], r_out[i]) > 1.0)
+                div = align(self.facts, closure, runs[bad][1], runs[bad][4] or vals0, bound)
+                return _Cached("miss", miss=dict(
+                    stage="verify", kind="literal", fraction=max(div.matched_fraction, 0.5),
+                    reason=(f"output {i} of {pattern.op} agrees on ordinary inputs but not under the "
+                            f"'{runs[bad][0].name}' regime: a constant (eps, multiplier, iteration count) "
+                            f"differs from the pattern's")), divergent=positions.get(agree[-1]))
+            if found is None:
+                return self._explain_missing_output(pattern, binding, closure, env0, vals0, i, ref)
+            outputs[i] = positions[found]
+        mutations: list[int] = []
+        for name in pattern.mutates:
+            node = binding.nodes[name]
+            bad = [r for r, env, _, mut, _ in runs if violation(env[node], mut[name]) > 1.0]
+            if bad:
+                div = align(self.facts, closure, env0, vals0, bound)
+                kind = "literal" if bad[0] is not regime0 else "semantics"
+                return _Cached("miss", miss=dict(stage="align", kind=kind, fraction=div.matched_fraction,
+                                                 reason=f"the final state of `{name}` differs from the reference's "
+                                                        f"under the '{bad[0].name}' regime"),
+                               divergent=positions.get(div.node))
+            mutations += [positions[n] for n in closure if _writes_into(n, node, closure)]
+        return _Cached("match", outputs=outputs, mutations=mutations, error=worst,
+                       ref_shapes={i: tuple(r.shape) for i, r in enumerate(ref0)})
+
+    def _explain_missing_output(self, pattern, binding, closure, env, ref_vals, i, ref) -> _Cached:
+        positions = {n: k for k, n in enumerate(closure)}
+        div = align(self.facts, closure, env, ref_vals, set(binding.nodes.values()))
+        loose = _DTYPE_LOOSE.get(ref.dtype)
+        if loose is not None:
+            near = next((n for n in closure if isinstance(env[n], torch.Tensor)
+                         and violation(env[n], ref.to(loose)) <= 1.0), None)
+            if near is not None:
+                return _Cached("miss", miss=dict(
+                    stage="align", kind="dtype form", fraction=div.matched_fraction,
+                    reason=(f"output {i} of {pattern.op} appears as `{near.name}` only up to {loose} rounding: "
+                            f"the model computes it in {env[near].dtype} where the pattern keeps {ref.dtype}")),
+                    divergent=positions[near])
+        same_numel = [n for n in closure if isinstance(env[n], torch.Tensor) and env[n].numel() == ref.numel()]
+        if not same_numel:
+            reason = f"no value of shape {tuple(ref.shape)} (output {i} of {pattern.op}) is computed from the bound inputs"
+            kind = "view form" if div.matched_fraction > 0.9 else "semantics"
+        else:
+            reason = f"output {i} of {pattern.op} ({tuple(ref.shape)}, {ref.dtype}) is not computed: " + (div.detail or "values differ")
+            kind = "semantics"
+        return _Cached("miss", miss=dict(stage="align", kind=kind, reason=reason, fraction=div.matched_fraction),
+                       divergent=positions.get(div.node))
+
+    # -- turning a (cached) result into records --------------------------------------------------
+    def _region(self, binding, closure, outputs, mutations) -> Region:
+        roots = [closure[p] for p in outputs.values()] + [closure[p] for p in mutations]
+        nodes = backward_slice(self.facts, roots, set(closure), set(binding.nodes.values()))
+        return Region(nodes, {i: closure[p] for i, p in outputs.items()}, [closure[p] for p in mutations])
+
+    def _realize(self, pattern, binding, closure, cached: _Cached) -> Match | NearMiss | None:
+        if cached.kind == "miss":
+            m = cached.miss or {}
+            node = closure[cached.divergent] if cached.divergent is not None else None
+            return self._miss(pattern, binding.seed, m["stage"], m["kind"], m["reason"],
+                              divergent=node, fraction=m.get("fraction", 0.0))
+        region = self._region(binding, closure, cached.outputs, cached.mutations)
+        if any(n in self.claimed for n in region.nodes):
+            return None
+        problem = check(self.facts, binding, region)
+        if problem:
+            return self._miss(pattern, binding.seed, "region", problem[0], problem[1], fraction=1.0)
+        return Match(pattern, binding, region, cached.error, cached.ref_shapes or {})
+
+    def _miss(self, pattern, anchor, stage, kind, reason, divergent=None, fraction=0.0) -> NearMiss:
+        return NearMiss(pattern=pattern.name, module=module_path(divergent or anchor), anchor=anchor.name,
+                        stage=stage, kind=kind, reason=reason,
+                        divergent_node=divergent.name if divergent is not None else None,
+                        source=source_of(divergent) if divergent is not None else None,
+                        matched_fraction=round(fraction, 3))
+
+
+def _writes_into(node: torch.fx.Node, target: torch.fx.Node, closure: list[torch.fx.Node]) -> bool:
+    written = mutated_input(node)
+    while written is not None:
+        if written is target:
+            return True
+        if op_label(written) in ("view", "permute", "getitem") and written.all_input_nodes:
+            written = written.all_input_nodes[0]
+        else:
+            return False
+    return False
+
+
+def _spec_str(pattern: Pattern, name: str) -> str:
+    spec = pattern.inputs[name]
+    dt = "/".join(str(d).replace("torch.", "") for d in spec.dtypes) if spec.dtypes else "float"
+    return f"{name}: {dt}[{', '.join(map(str, spec.shape))}]"
+
+
+def _signature(closure: list[torch.fx.Node], binding: Binding) -> str:
+    """Structure of the closure, independent of node names: equal for repeated layers."""
+    index = {n: i for i, n in enumerate(closure)}
+    role = {n: name for name, n in binding.nodes.items()}
+
+    def ref(a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            if a in role:
+                return f"in:{role[a]}"
+            if a in index:
+                return f"n{index[a]}"
+            val = a.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                return f"t:{op_label(a)}:{tuple(val.shape)}:{val.dtype}"
+            return f"s:{val!r}"
+        if isinstance(a, (list, tuple)):
+            return tuple(ref(x) for x in a)
+        if isinstance(a, dict):
+            return tuple(sorted((k, ref(v)) for k, v in a.items()))
+        if isinstance(a, slice):
+            return ("slice", ref(a.start), ref(a.stop), ref(a.step))
+        return repr(a)
+
+    parts = [f"{name}:{tuple(n.meta['val'].shape)}:{n.meta['val'].dtype}" for name, n in binding.nodes.items()]
+    for n in closure:
+        val = n.meta.get("val")
+        shape = (tuple(val.shape), str(val.dtype)) if isinstance(val, torch.Tensor) else type(val).__name__
+        parts.append(f"{n.op}|{getattr(n.target, '__name__', n.target)}|{ref(n.args)}|{ref(n.kwargs)}|{shape}")
+    return "\n".join(parts)

@@ -1,0 +1,111 @@
+"""Triton device helpers that read the DSV4 paged FP8 cache (spec 4.3); shared with sparse_attn_sink.
+
+A kernel addresses a token row by two int64 byte offsets, computed once per row by
+``fp8_row_offsets``: the row start (448 e4m3 bytes, then 64 bf16 rope values) and its scale bytes
+in the page tail. ``load_nope`` returns a ``[rows, W]`` chunk of dequantized channels
+``[C0, C0 + W)`` as bf16 (``W`` a power of two >= 64: the 448 channels are read as 256 + 128 + 64,
+exact sizes, no masked columns); ``load_rope`` returns the 64 rope channels. Invalid rows
+(``valid`` False) are never dereferenced and come back as zeros.
+
+FP8 decode, two paths chosen by the ``NATIVE`` constexpr (see ``fp8_native``):
+
+* native (sm90/sm100): Triton's ``float8e4nv`` -> fp32 conversion;
+* integer (sm80, ROCm, where Triton has no OCP e4m3 conversion): the e4m3 bits are moved into an
+  fp32 (sign to bit 31, exponent+mantissa to bits 20..26), which equals the e4m3 value times
+  2^-120 (subnormals included), then multiplied by 2^120.
+
+Then one fp32 multiply by the power-of-two scale, built from the byte's bits (no ``exp2``). All
+of it is exact: an e4m3 value times a power of two is representable in bf16, so both give the
+reference's bits. ``rne_bf16`` rounds fp32 to bf16 to nearest even: the Triton interpreter's own
+cast truncates, so kernels route their bf16 roundings through it with ``INTERPRET`` set.
+"""
+from __future__ import annotations
+
+import torch
+
+from fusegraph import targets as _targets
+from fusegraph.kernels._fp8 import NOPE_DIM, ROW_BYTES, SCALE_BYTES
+from fusegraph.kernels._triton_common import HAS_TRITON, tl, triton
+
+# Targets whose Triton lowers float8e4nv (OCP e4m3fn) natively.
+_NATIVE_FP8_TARGETS = frozenset({"sm90", "sm100"})
+
+# Tests and benchmarks may force a decode path: None = by target, True/False = forced.
+FORCE_NATIVE_FP8: bool | None = None
+
+
+def fp8_native(device: torch.device) -> bool:
+    """Whether kernels on ``device`` decode e4m3 with Triton's native conversion."""
+    if FORCE_NATIVE_FP8 is not None:
+        return FORCE_NATIVE_FP8
+    return device.type == "cuda" and _targets.of_device(device) in _NATIVE_FP8_TARGETS
+
+
+if HAS_TRITON:
+    # Globals read inside @triton.jit functions must be constexpr.
+    _ROW_BYTES = tl.constexpr(ROW_BYTES)
+    _SCALE_BYTES = tl.constexpr(SCALE_BYTES)
+    _NOPE_DIM = tl.constexpr(NOPE_DIM)
+
+    @triton.jit
+    def rne_bf16(x, INTERPRET: tl.constexpr):
+        """fp32 -> bf16, round to nearest even (also under the interpreter, whose cast truncates)."""
+        if INTERPRET:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            return (bits & 0xFFFF0000).to(tl.float32, bitcast=True).to(tl.bfloat16)
+        else:
+            return x.to(tl.bfloat16)
+
+    @triton.jit
+    def fp8_row_offsets(slot, page_stride, page_size):
+        """(row byte offset, scale byte offset) of int64 slots >= 0 in a cache of ``page_stride``-byte pages."""
+        page = slot // page_size
+        row = slot - page * page_size
+        page_off = page * page_stride
+        return page_off + row * _ROW_BYTES, page_off + page_size * _ROW_BYTES + row * _SCALE_BYTES
+
+    @triton.jit
+    def _ue8m0_scale(sb):
+        """fp32 ``2^(sb - 127)`` of ue8m0 bytes, exact (byte 0 is the subnormal 2^-127)."""
+        bits = tl.where(sb == 0, 0x00400000, sb.to(tl.uint32) << 23)
+        return bits.to(tl.uint32).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _decode_e4m3(raw, NATIVE: tl.constexpr):
+        """e4m3 bytes -> their fp32 values."""
+        if NATIVE:
+            return raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        else:
+            bits = raw.to(tl.uint32)
+            moved = ((bits & 0x80) << 24) | ((bits & 0x7F) << 20)  # value * 2^-120
+            return moved.to(tl.float32, bitcast=True) * 1.329227995784916e36  # * 2^120
+
+    @triton.jit
+    def load_nope(cache_ptr, row_off, scale_off, valid, C0: tl.constexpr, W: tl.constexpr,
+                  NATIVE: tl.constexpr):
+        """bf16 ``[R, W]``: channels ``[C0, C0 + W)`` of rows at ``row_off`` (0 where not ``valid``)."""
+        G: tl.constexpr = W // 64
+        R: tl.constexpr = row_off.shape[0]
+        cols = C0 + tl.arange(0, W)
+        raw = tl.load(cache_ptr + row_off[:, None] + cols[None, :], mask=valid[:, None], other=0)
+        groups = C0 // 64 + tl.arange(0, G)
+        sb = tl.load(cache_ptr + scale_off[:, None] + groups[None, :], mask=valid[:, None], other=127)
+        vals = _decode_e4m3(raw, NATIVE)
+        scale = _ue8m0_scale(sb)
+        if G == 1:
+            out = vals * scale
+        else:
+            out = tl.reshape(tl.reshape(vals, [R, G, 64]) * scale[:, :, None], [R, W])
+        return out.to(tl.bfloat16)  # exact: e4m3 * 2^k is a bf16 value
+
+    @triton.jit
+    def load_rope(cache_bf16_ptr, row_off, valid):
+        """bf16 ``[R, 64]`` rope channels of rows at byte offsets ``row_off`` (0 where not ``valid``).
+
+        ``cache_bf16_ptr`` is the same cache viewed as bf16 (offsets halve)."""
+        start = (row_off + _NOPE_DIM) // 2
+        return tl.load(cache_bf16_ptr + start[:, None] + tl.arange(0, 64)[None, :], mask=valid[:, None], other=0.0)
+
+else:  # pragma: no cover
+    rne_bf16 = fp8_row_offsets = load_nope = load_rope = None  # type: ignore[assignment]

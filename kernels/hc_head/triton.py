@@ -1,0 +1,38 @@
+"""Triton provider of hc_head: mhc_pre's split-K prenorm GEMM with 4 rows (tile padded to 16) and
+its finisher without post/comb (sigmoid pre, weighted collapse, optional final RMSNorm).
+
+Unlike a one-program-per-token kernel (sglang ``_hc_head_kernel``) the GEMM tiles 16-64 tokens,
+so fn [4, 4D] (256 KB / 448 KB) is read from L2 once per token block instead of once per token.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.hc_head.reference import hc_head
+from fusegraph.kernels.mhc_pre import gates
+
+
+def supports(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
+             rms_eps: float, hc_eps: float, norm_eps: float) -> Optional[str]:
+    reason = gates.check_residual(residual)
+    if reason:
+        return reason
+    D = residual.shape[2]
+    return gates.first_reason(
+        gates.check_mix_params(fn, scale, base, gates.HC_MULT, D, 1),
+        gates.check_norm_weight(norm_weight, D),
+        gates.check_same_device(residual, fn, scale, base, norm_weight),
+        tc.interpreter_too_large(residual, fn),
+    )
+
+
+@hc_head.provider("triton", targets=tc.provider_targets(), priority=20, available=tc.triton_missing,
+                  supports_args=supports)
+def hc_head_triton(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
+                   rms_eps: float, hc_eps: float, norm_eps: float) -> Tensor:
+    from fusegraph.kernels.mhc_pre import triton_kernels
+
+    return triton_kernels.hc_head_forward(residual, fn, scale, base, norm_weight, rms_eps, hc_eps, norm_eps)

@@ -1,0 +1,39 @@
+"""Triton provider of mhc_pre: split-K prenorm GEMM + one "big fuse" finisher per token.
+
+Kernels and launch sizing are in ``triton_kernels.py`` (shared with mhc_post, mhc_post_pre and
+hc_head); this file only declares where the provider runs and which arguments it takes.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.mhc_pre import gates
+from fusegraph.kernels.mhc_pre.reference import mhc_pre
+
+
+def supports(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
+             rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float) -> Optional[str]:
+    reason = gates.check_residual(residual)
+    if reason:
+        return reason
+    D = residual.shape[2]
+    return gates.first_reason(
+        gates.check_mix_params(fn, scale, base, gates.NUM_MIX, D, 3),
+        gates.check_norm_weight(norm_weight, D),
+        gates.check_same_device(residual, fn, scale, base, norm_weight),
+        tc.interpreter_too_large(residual, fn),
+    )
+
+
+@mhc_pre.provider("triton", targets=tc.provider_targets(), priority=20, available=tc.triton_missing,
+                  supports_args=supports)
+def mhc_pre_triton(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
+                   rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    from fusegraph.kernels.mhc_pre import triton_kernels
+
+    return triton_kernels.mhc_pre_forward(residual, fn, scale, base, norm_weight, rms_eps, hc_eps, norm_eps,
+                                          sinkhorn_iters, post_mult)

@@ -1,0 +1,3 @@
+"""sparse_attn_sink: DSV4 sparse attention with sink over paged FP8 caches (spec 4.5). Reference, then providers."""
+from . import reference  # noqa: F401
+from . import triton  # noqa: F401

@@ -1,0 +1,120 @@
+"""Triton provider of sparse_attn_sink: split-K attention with the FP8 gather fused in, + combine.
+
+See ``triton_kernels`` for the kernels and ``plan`` for how the grid is sized. The provider checks
+the arguments (``supports_args`` gives the reason for anything it cannot take), allocates the
+output and, when the plan splits, the fp32 partials, and launches one or two kernels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.gather_dequant.reference import HEAD_DIM
+from fusegraph.kernels.gather_dequant.triton import cache_reason, index_reason
+from fusegraph.kernels.gather_dequant.triton_fp8 import fp8_native
+
+from .plan import AttnPlan, make_plan
+from .reference import sparse_attn_sink
+
+if tc.HAS_TRITON:
+    from .triton_kernels import LOG2E, combine_kernel, sparse_attn_kernel
+
+
+def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Output allocation (tests replace it to poison outputs)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor, sink: Tensor,
+              cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int, cmp_page_size: int) -> str | None:
+    if q.dtype != torch.bfloat16 or q.dim() != 3 or q.shape[-1] != HEAD_DIM or q.stride(-1) != 1:
+        return f"q must be bf16 [T, H, {HEAD_DIM}] with contiguous channels, got {q.dtype} {tuple(q.shape)}"
+    T, H, _ = q.shape
+    if H == 0:
+        return "q has no heads"
+    for idx, name in ((swa_idx, "swa_idx"), (cmp_idx, "cmp_idx")):
+        reason = index_reason(idx, name)
+        if reason:
+            return reason
+        if idx.dim() != 2 or idx.shape[0] != T or (idx.shape[1] > 1 and idx.stride(1) != 1):
+            return f"{name} must be [T={T}, K] with contiguous rows, got {tuple(idx.shape)}"
+    if swa_idx.shape[1]:
+        reason = cache_reason(swa_cache, swa_page_size, "swa_cache")
+        if reason:
+            return reason
+    if cmp_idx.shape[1]:
+        reason = cache_reason(cmp_cache, cmp_page_size, "cmp_cache")
+        if reason:
+            return reason
+    if sink.dtype != torch.float32 or sink.shape != (H,) or sink.stride(0) != 1:
+        return f"sink must be contiguous fp32 [{H}]"
+    for table, name in ((cos, "cos"), (sin, "sin")):
+        if table.dtype != torch.float32 or table.dim() != 2 or table.shape != (T, 32) or table.stride(1) != 1:
+            return f"{name} must be fp32 [T={T}, 32] with contiguous rows, got {table.dtype} {tuple(table.shape)}"
+    tensors = (swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin)
+    if any(x.device != q.device for x in tensors):
+        return "all tensors must be on q's device"
+    return None
+
+
+def _cache_args(cache: Tensor, page_size: int, used: bool, q: Tensor) -> tuple:
+    """(bytes, bf16 view, page stride, page size) kernel arguments of a cache. An unused cache (its
+    index list is empty) may be a placeholder of any shape, even empty: q's memory stands in for it
+    (never read), so the launcher is never handed a null pointer."""
+    if not used:
+        return q.view(torch.uint8), q, 0, 1
+    return cache, cache.view(torch.bfloat16), cache.stride(0), page_size
+
+
+@sparse_attn_sink.provider("triton", targets=tc.provider_targets(), priority=20,
+                           available=tc.triton_missing, supports_args=_supports)
+def sparse_attn_sink_triton(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor,
+                            sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int,
+                            cmp_page_size: int) -> Tensor:
+    T, H, _ = q.shape
+    device = q.device
+    out = _new_output((T, H, HEAD_DIM), torch.bfloat16, device)
+    if T == 0:
+        return out
+    k_swa, k_cmp = swa_idx.shape[1], cmp_idx.shape[1]
+    plan = make_plan(T, H, k_swa, k_cmp, tc.num_sms(device), gpu=device.type == "cuda")
+    launch(plan, q, swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin, softmax_scale, swa_page_size,
+           cmp_page_size, out)
+    return out
+
+
+def launch(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor,
+           sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int, cmp_page_size: int,
+           out: Tensor) -> None:
+    """Run ``plan`` (benchmarks call this directly to sweep plans)."""
+    T, H, _ = q.shape
+    device = q.device
+    k_swa, k_cmp = swa_idx.shape[1], cmp_idx.shape[1]
+    swa = _cache_args(swa_cache, swa_page_size, k_swa > 0, q)
+    cmp = _cache_args(cmp_cache, cmp_page_size, k_cmp > 0, q)
+    if plan.split:
+        rows = T * H * plan.splits
+        part_acc = torch.empty((rows, HEAD_DIM), dtype=torch.float32, device=device)
+        part_ml = torch.empty((rows, 2), dtype=torch.float32, device=device)
+    else:
+        part_acc = part_ml = out  # never touched
+    use_pdl = tc.pdl_enabled(device)
+    interpret = tc.interpreting()
+    extra = tc.launch_kwargs(device)
+    grid = (T * plan.splits * tc.cdiv(H, plan.block_h),)
+    sparse_attn_kernel[grid](
+        q, q.stride(0), q.stride(1),
+        *swa, swa_idx, swa_idx.stride(0), k_swa,
+        *cmp, cmp_idx, cmp_idx.stride(0), k_cmp,
+        sink, cos, cos.stride(0), sin, sin.stride(0),
+        out, out.stride(0), out.stride(1),
+        part_acc, part_ml,
+        H, plan.splits, plan.tiles_per_split, softmax_scale * LOG2E,
+        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, SPLIT=plan.split, NATIVE_FP8=fp8_native(device),
+        INTERPRET=interpret, USE_PDL=use_pdl, num_warps=plan.num_warps, num_stages=plan.num_stages, **extra)
+    if plan.split:
+        combine_kernel[(T * H,)](
+            part_acc, part_ml, sink, cos, cos.stride(0), sin, sin.stride(0),
+            out, out.stride(0), out.stride(1), H, plan.splits,
+            SPLITS_POW2=tc.next_pow2(plan.splits), INTERPRET=interpret, USE_PDL=use_pdl, num_warps=4, **extra)

@@ -1,0 +1,211 @@
+"""Triton kernels of sparse_attn_sink: split-K attention over gathered FP8 rows, and the combine.
+
+``sparse_attn_kernel``: program = (token t, head block, split). It loads the q tile
+``[BLOCK_H, 512]`` once (as chunks of 256 + 128 + 64 nope channels and 64 rope channels, the
+widths the FP8 loader produces), then walks its share of kv tiles: for each tile of ``BLOCK_N``
+index entries it loads the indices, gathers + dequantizes the rows straight from the paged FP8
+cache into registers (invalid entries are masked, never dereferenced, and get score -inf), and
+runs one online-softmax step in the log2 domain (fp32; ``-inf`` guarded so an all-invalid prefix
+leaves the state at m = -inf, l = 0, acc = 0). K = V: the same dequantized tile feeds both dots.
+
+* ``SPLIT`` False: the kernel folds in the sink (``m = max(m, sink)``, ``den = l*2^(m_old-m) +
+  2^(sink-m)``), normalizes, rounds to bf16, de-rotates the rope channels and stores the output.
+* ``SPLIT`` True: it stores fp32 partials (acc, m, l) and ``combine_kernel`` (program = one
+  (token, head)) merges the splits, folds in the sink and does the same epilogue.
+
+The epilogue rounds the attention output to bf16 before the inverse RoPE (fp32 math, second bf16
+rounding), as the reference (and sglang's separate in-place RoPE) does. PDL: ``pdl_wait`` before
+the first load, ``pdl_launch_dependents`` after the last store.
+
+Interpreter workarounds (``INTERPRET``): bf16 ``tl.dot`` is computed on fp32 copies of the same
+bf16 values, and bf16 roundings go through ``rne_bf16``.
+"""
+from __future__ import annotations
+
+import math
+
+from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.gather_dequant.triton_fp8 import fp8_row_offsets, load_nope, load_rope, rne_bf16
+
+tl, triton = tc.tl, tc.triton
+
+LOG2E = math.log2(math.e)
+_LOG2E = tl.constexpr(LOG2E)
+
+
+@triton.jit
+def _dot(a, b, acc, INTERPRET: tl.constexpr):
+    if INTERPRET:  # the interpreter's bf16 tl.dot is wrong; fp32 on the same values is exact input
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _kv_tile(cache_ptr, cache_bf16_ptr, page_stride, page_size, idx_row_ptr, k_len, n0,
+             BLOCK_N: tl.constexpr, NATIVE_FP8: tl.constexpr):
+    """Valid mask and dequantized bf16 chunks (256, 128, 64 nope + 64 rope) of index entries n0..n0+BLOCK_N."""
+    offs = n0 + tl.arange(0, BLOCK_N)
+    idx = tl.load(idx_row_ptr + offs, mask=offs < k_len, other=-1).to(tl.int64)
+    valid = idx >= 0
+    row_off, scale_off = fp8_row_offsets(tl.where(valid, idx, 0), page_stride, page_size)
+    k_a = load_nope(cache_ptr, row_off, scale_off, valid, 0, 256, NATIVE_FP8)
+    k_b = load_nope(cache_ptr, row_off, scale_off, valid, 256, 128, NATIVE_FP8)
+    k_c = load_nope(cache_ptr, row_off, scale_off, valid, 384, 64, NATIVE_FP8)
+    k_r = load_rope(cache_bf16_ptr, row_off, valid)
+    return valid, k_a, k_b, k_c, k_r
+
+
+@triton.jit
+def _softmax_step(q_a, q_b, q_c, q_r, valid, k_a, k_b, k_c, k_r, m_i, l_i, acc_a, acc_b, acc_c, acc_r,
+                  qk_scale, INTERPRET: tl.constexpr):
+    """One online-softmax step (log2 domain) of a [BLOCK_H] head block over one kv tile."""
+    s = _dot(q_a, tl.trans(k_a), None, INTERPRET)
+    s = _dot(q_b, tl.trans(k_b), s, INTERPRET)
+    s = _dot(q_c, tl.trans(k_c), s, INTERPRET)
+    s = _dot(q_r, tl.trans(k_r), s, INTERPRET)
+    s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing valid yet: keep exp2 args finite
+    alpha = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    p16 = rne_bf16(p, INTERPRET)
+    acc_a = _dot(p16, k_a, acc_a * alpha[:, None], INTERPRET)
+    acc_b = _dot(p16, k_b, acc_b * alpha[:, None], INTERPRET)
+    acc_c = _dot(p16, k_c, acc_c * alpha[:, None], INTERPRET)
+    acc_r = _dot(p16, k_r, acc_r * alpha[:, None], INTERPRET)
+    return m_new, l_i, acc_a, acc_b, acc_c, acc_r
+
+
+@triton.jit
+def _sink_weight(m_i, l_i, sink2):
+    """Factor that turns an accumulator (relative to max m_i, sum l_i) into the sink-normalized output."""
+    m = tl.maximum(m_i, sink2)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    alpha = tl.exp2(m_i - m)
+    den = l_i * alpha + tl.exp2(sink2 - m)
+    return tl.where(den > 0, alpha / tl.where(den > 0, den, 1.0), 0.0)
+
+
+@triton.jit
+def _inverse_rope(o_r, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
+    """bf16 ``[R, 64]``: round o_r to bf16, rotate pairs (2i, 2i+1) by -θ_i in fp32, round again."""
+    R: tl.constexpr = o_r.shape[0]
+    o_r = rne_bf16(o_r, INTERPRET).to(tl.float32)
+    x0, x1 = tl.split(tl.reshape(o_r, [R, 32, 2]))
+    c = tl.load(cos_row_ptr + tl.arange(0, 32))[None, :]
+    s = tl.load(sin_row_ptr + tl.arange(0, 32))[None, :]
+    y0 = x0 * c + x1 * s
+    y1 = x1 * c - x0 * s
+    return rne_bf16(tl.reshape(tl.join(y0, y1), [R, 64]), INTERPRET)
+
+
+@triton.jit
+def sparse_attn_kernel(
+    q_ptr, q_stride_t, q_stride_h,
+    swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_idx_ptr, swa_idx_stride, k_swa,
+    cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_idx_ptr, cmp_idx_stride, k_cmp,
+    sink_ptr, cos_ptr, cos_stride, sin_ptr, sin_stride,
+    out_ptr, out_stride_t, out_stride_h,
+    part_acc_ptr, part_ml_ptr,
+    num_heads, num_splits, tiles_per_split, qk_scale,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, NATIVE_FP8: tl.constexpr,
+    INTERPRET: tl.constexpr, USE_PDL: tl.constexpr,
+):
+    # program -> (token, split, head block); head blocks of one (token, split) are adjacent so
+    # their reads of the same kv rows hit L2.
+    pid = tl.program_id(0)
+    head_blocks = tl.cdiv(num_heads, BLOCK_H)
+    hb = pid % head_blocks
+    split = (pid // head_blocks) % num_splits
+    t = (pid // head_blocks // num_splits).to(tl.int64)
+    heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_ok = heads < num_heads
+    tiles_swa = tl.cdiv(k_swa, BLOCK_N)
+    first = split * tiles_per_split
+    last = tl.minimum(first + tiles_per_split, tiles_swa + tl.cdiv(k_cmp, BLOCK_N))
+
+    tc.pdl_wait(USE_PDL)
+    q_row = q_ptr + t * q_stride_t + heads.to(tl.int64)[:, None] * q_stride_h
+    hm = head_ok[:, None]
+    q_a = tl.load(q_row + tl.arange(0, 256)[None, :], mask=hm, other=0.0)
+    q_b = tl.load(q_row + 256 + tl.arange(0, 128)[None, :], mask=hm, other=0.0)
+    q_c = tl.load(q_row + 384 + tl.arange(0, 64)[None, :], mask=hm, other=0.0)
+    q_r = tl.load(q_row + 448 + tl.arange(0, 64)[None, :], mask=hm, other=0.0)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc_a = tl.zeros([BLOCK_H, 256], tl.float32)
+    acc_b = tl.zeros([BLOCK_H, 128], tl.float32)
+    acc_c = tl.zeros([BLOCK_H, 64], tl.float32)
+    acc_r = tl.zeros([BLOCK_H, 64], tl.float32)
+
+    swa_row = swa_idx_ptr + t * swa_idx_stride
+    for tile in range(first, tl.minimum(last, tiles_swa)):
+        valid, k_a, k_b, k_c, k_r = _kv_tile(swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_row,
+                                             k_swa, tile * BLOCK_N, BLOCK_N, NATIVE_FP8)
+        m_i, l_i, acc_a, acc_b, acc_c, acc_r = _softmax_step(
+            q_a, q_b, q_c, q_r, valid, k_a, k_b, k_c, k_r, m_i, l_i, acc_a, acc_b, acc_c, acc_r, qk_scale,
+            INTERPRET)
+    cmp_row = cmp_idx_ptr + t * cmp_idx_stride
+    for tile in range(tl.maximum(first, tiles_swa), last):
+        valid, k_a, k_b, k_c, k_r = _kv_tile(cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_row,
+                                             k_cmp, (tile - tiles_swa) * BLOCK_N, BLOCK_N, NATIVE_FP8)
+        m_i, l_i, acc_a, acc_b, acc_c, acc_r = _softmax_step(
+            q_a, q_b, q_c, q_r, valid, k_a, k_b, k_c, k_r, m_i, l_i, acc_a, acc_b, acc_c, acc_r, qk_scale,
+            INTERPRET)
+
+    if SPLIT:
+        # partial rows laid out [T, H, splits] so the combine reads one (t, h) contiguously
+        part = (t * num_heads + heads) * num_splits + split
+        acc_row = part_acc_ptr + part[:, None] * 512
+        tl.store(acc_row + tl.arange(0, 256)[None, :], acc_a, mask=hm)
+        tl.store(acc_row + 256 + tl.arange(0, 128)[None, :], acc_b, mask=hm)
+        tl.store(acc_row + 384 + tl.arange(0, 64)[None, :], acc_c, mask=hm)
+        tl.store(acc_row + 448 + tl.arange(0, 64)[None, :], acc_r, mask=hm)
+        tl.store(part_ml_ptr + part * 2, m_i, mask=head_ok)
+        tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=head_ok)
+    else:
+        sink2 = tl.load(sink_ptr + heads, mask=head_ok, other=0.0) * _LOG2E
+        w = _sink_weight(m_i, l_i, sink2)[:, None]
+        out_row = out_ptr + t * out_stride_t + heads.to(tl.int64)[:, None] * out_stride_h
+        tl.store(out_row + tl.arange(0, 256)[None, :], rne_bf16(acc_a * w, INTERPRET), mask=hm)
+        tl.store(out_row + 256 + tl.arange(0, 128)[None, :], rne_bf16(acc_b * w, INTERPRET), mask=hm)
+        tl.store(out_row + 384 + tl.arange(0, 64)[None, :], rne_bf16(acc_c * w, INTERPRET), mask=hm)
+        o_r = _inverse_rope(acc_r * w, cos_ptr + t * cos_stride, sin_ptr + t * sin_stride, INTERPRET)
+        tl.store(out_row + 448 + tl.arange(0, 64)[None, :], o_r, mask=hm)
+    tc.pdl_launch_dependents(USE_PDL)
+
+
+@triton.jit
+def combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, cos_ptr, cos_stride, sin_ptr, sin_stride,
+                   out_ptr, out_stride_t, out_stride_h, num_heads, num_splits,
+                   SPLITS_POW2: tl.constexpr, INTERPRET: tl.constexpr, USE_PDL: tl.constexpr):
+    """Program = one (token, head): merge the split partials, fold in the sink, bf16, inverse RoPE."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = pid // num_heads
+    h = pid % num_heads
+    splits = tl.arange(0, SPLITS_POW2)
+    split_ok = splits < num_splits
+    part = pid * num_splits + splits                     # [S] partial rows of this (t, h)
+    tc.pdl_wait(USE_PDL)
+    m = tl.load(part_ml_ptr + part * 2, mask=split_ok, other=float("-inf"))
+    l = tl.load(part_ml_ptr + part * 2 + 1, mask=split_ok, other=0.0)
+    sink2 = tl.load(sink_ptr + h) * _LOG2E
+    m_all = tl.maximum(tl.max(m, 0), sink2)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+    scale = tl.exp2(m - m_all)                           # 0 for empty splits (m = -inf)
+    den = tl.sum(scale * l, 0) + tl.exp2(sink2 - m_all)
+    weight = tl.where(den > 0, scale / tl.where(den > 0, den, 1.0), 0.0)[:, None]   # [S, 1]
+    acc_rows = part_acc_ptr + part[:, None] * 512
+    out_row = out_ptr + t * out_stride_t + h * out_stride_h
+    cols = tl.arange(0, 64)
+    for chunk in tl.static_range(7):
+        tile = tl.load(acc_rows + chunk * 64 + cols[None, :], mask=split_ok[:, None], other=0.0)
+        tl.store(out_row + chunk * 64 + cols, rne_bf16(tl.sum(tile * weight, 0), INTERPRET))
+    tile = tl.load(acc_rows + 448 + cols[None, :], mask=split_ok[:, None], other=0.0)
+    o_r = _inverse_rope(tl.reshape(tl.sum(tile * weight, 0), [1, 64]), cos_ptr + t * cos_stride,
+                        sin_ptr + t * sin_stride, INTERPRET)
+    tl.store(out_row + 448 + cols[None, :], o_r)
+    tc.pdl_launch_dependents(USE_PDL)

@@ -1,0 +1,208 @@
+"""mhc_pre: the Triton provider against an fp64 run of the reference, argument gates, dispatch.
+
+CPU cases run the kernels through the Triton interpreter (``TRITON_INTERPRET=1``, as ``make test``
+sets it) at tiny sizes; GPU cases (``-m gpu``) run the DSV4 flash/pro sizes.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusegraph import ops, targets
+from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.mhc_pre import inputs
+from fusegraph.kernels.mhc_pre.reference import mhc_pre, mhc_pre_math
+from fusegraph.kernels.mhc_pre.testing import poisoned_outputs, rel_l2
+from fusegraph.kernels.mhc_pre.triton import supports
+
+interpreter = pytest.mark.skipif(not (tc.HAS_TRITON and tc.interpreting()),
+                                 reason="CPU Triton cases need TRITON_INTERPRET=1")
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+BF16_TOL = 1e-2  # bf16 outputs (one rounding, plus TF32 mixes on GPU)
+FP32_TOL = 1e-3  # post / comb (TF32 GEMM on GPU)
+
+
+def check_against_oracle(args: tuple, outs: tuple) -> None:
+    expected = mhc_pre_math(*args, acc_dtype=torch.float64)
+    for name, out, exp, tol in zip(("layer_input", "post", "comb"), outs, expected, (BF16_TOL, FP32_TOL, FP32_TOL)):
+        assert out.shape == exp.shape, name
+        assert torch.isfinite(out).all(), f"{name}: unwritten (NaN) elements"
+        err = rel_l2(out, exp)
+        assert err < tol, f"{name}: rel L2 {err:.3g} >= {tol}"
+    assert outs[0].dtype == torch.bfloat16 and outs[1].dtype == outs[2].dtype == torch.float32
+
+
+def run_triton(args: tuple, dispatch: bool = False, **overrides) -> tuple:
+    """The Triton provider on NaN-poisoned outputs; ``dispatch``: through torch.ops (asserting it selects triton)."""
+    from fusegraph.kernels.mhc_pre import triton_kernels
+
+    with poisoned_outputs() as made:
+        if overrides:
+            outs = triton_kernels.mhc_pre_forward(*args, **overrides)
+        elif dispatch:
+            sel = mhc_pre.select(targets.of_device(args[0].device), args)
+            assert sel.provider == "triton", sel
+            outs = torch.ops.fusegraph.mhc_pre(*args)
+        else:
+            outs = mhc_pre.providers["triton"].impl(*args)
+    assert made, "the launcher allocated nothing: poisoning did not apply"
+    return outs
+
+
+# -- CPU (interpreter) ------------------------------------------------------------------------
+@interpreter
+@pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True), (33, 48, False)])
+def test_triton_matches_fp64_reference(T, D, norm):
+    args = inputs.mhc_pre_args(T, D, norm=norm, seed=T)
+    check_against_oracle(args, run_triton(args))
+
+
+@interpreter
+def test_split_remainder_and_chunked_rows():
+    # K = 320 -> 5 k-blocks over 3 splits (2, 2, 1); rows walked in 32-wide chunks (two-pass norm)
+    args = inputs.mhc_pre_args(3, 80, norm=True, seed=7)
+    check_against_oracle(args, run_triton(args, n_splits=3))
+    check_against_oracle(args, run_triton(args, max_block_d=32))
+    args = inputs.mhc_pre_args(2, 80, norm=False, seed=8)
+    check_against_oracle(args, run_triton(args, n_splits=5, max_block_d=16))
+
+
+@interpreter
+def test_triton_close_to_fp32_reference():
+    args = inputs.mhc_pre_args(4, 64, norm=True, seed=3)
+    outs = run_triton(args)
+    ref = mhc_pre.reference(*args)
+    # same roundings as the reference (RNE bf16 in the interpreter, fp32 GEMM): near bitwise
+    assert rel_l2(outs[0], ref[0]) < 1e-3
+    assert rel_l2(outs[1], ref[1]) < 1e-5 and rel_l2(outs[2], ref[2]) < 1e-5
+
+
+@interpreter
+def test_zero_tokens_launch_nothing(monkeypatch):
+    from fusegraph.kernels.mhc_pre import triton_kernels
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched for T = 0")
+
+    monkeypatch.setattr(triton_kernels, "_prenorm_gemm_kernel", NoLaunch())
+    monkeypatch.setattr(triton_kernels, "_mix_finish_kernel", NoLaunch())
+    args = inputs.mhc_pre_args(0, 48, norm=True)
+    out, post, comb = mhc_pre.providers["triton"].impl(*args)
+    assert out.shape == (0, 48) and out.dtype == torch.bfloat16
+    assert post.shape == (0, 4) and comb.shape == (0, 4, 4)
+
+
+# -- gates and dispatch -------------------------------------------------------------------------
+def _bad(**changes) -> tuple:
+    args = list(inputs.mhc_pre_args(2, 48, norm=True))
+    names = ["residual", "fn", "scale", "base", "norm_weight"]
+    for k, v in changes.items():
+        args[names.index(k)] = v
+    return tuple(args)
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(residual=torch.zeros(2, 3, 48, dtype=torch.bfloat16)), "C = 3"),
+    (dict(residual=torch.zeros(2, 4, 48, dtype=torch.float16)), "bfloat16"),
+    (dict(residual=torch.zeros(2, 4, 40, dtype=torch.bfloat16)), "multiple of 16"),
+    (dict(residual=torch.zeros(2, 192, dtype=torch.bfloat16)), "[T, C, D]"),
+    (dict(fn=torch.zeros(24, 100)), "fn has shape"),
+    (dict(fn=torch.zeros(24, 192, dtype=torch.bfloat16)), "expected torch.float32"),
+    (dict(scale=torch.zeros(2)), "scale"),
+    (dict(norm_weight=torch.ones(47)), "norm_weight"),
+])
+def test_supports_rejects_with_reason(changes, needle):
+    reason = supports(*_bad(**changes))
+    assert isinstance(reason, str) and needle in reason, reason
+
+
+def test_supports_accepts_contract_shapes():
+    assert supports(*inputs.mhc_pre_args(3, 48, norm=True)) is None
+    assert supports(*inputs.mhc_pre_args(3, 48, norm=False)) is None
+
+
+def test_interpreter_rejects_large_cpu_calls():
+    args = inputs.mhc_pre_args(64, 256, norm=False)
+    assert "interpreter" in (supports(*args) or "")
+
+
+@interpreter
+def test_dispatch_selects_triton_for_small_cpu_calls():
+    args = inputs.mhc_pre_args(3, 48, norm=True, seed=4)
+    via_op = run_triton(args, dispatch=True)
+    direct = run_triton(args)
+    for a, b in zip(via_op, direct):
+        assert torch.equal(a, b)
+
+
+def test_rejected_call_falls_back_to_reference():
+    args = _bad(residual=torch.randn(2, 4, 40).bfloat16(), fn=torch.randn(24, 160), norm_weight=torch.ones(40))
+    sel = mhc_pre.select("sm90", args)
+    assert sel.provider == "torch"
+    assert any(r.provider == "triton" and "multiple of 16" in r.reason for r in sel.rejected)
+
+
+def test_torch_op_on_cpu_equals_reference():
+    args = inputs.mhc_pre_args(6, 48, norm=True, seed=11)
+    expected = mhc_pre.reference(*args)
+    with ops.prefer({"mhc_pre": ["torch"]}):
+        got = torch.ops.fusegraph.mhc_pre(*args)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+def test_reference_matches_fp64_and_is_fresh():
+    args = inputs.mhc_pre_args(5, 64, norm=True, seed=5)
+    outs = mhc_pre.reference(*args)
+    check_against_oracle(args, outs)
+    assert all(o.data_ptr() != args[0].data_ptr() for o in outs)
+    # comb is doubly stochastic up to eps (column sums 1 after the final column normalization)
+    assert torch.allclose(outs[2].sum(-2), torch.ones(5, 4), atol=1e-4)
+
+
+def test_norm_rounding_is_the_unfused_chain():
+    args = inputs.mhc_pre_args(3, 64, norm=True, seed=9)
+    plain = mhc_pre.reference(*args[:4], None, *args[5:])[0]
+    w = args[4].float()
+    v = plain.float()
+    expected = (v * torch.rsqrt(v.square().mean(-1, keepdim=True) + args[7]) * w).to(torch.bfloat16)
+    assert torch.equal(mhc_pre.reference(*args)[0], expected)
+
+
+# -- GPU ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
+@pytest.mark.parametrize("T", [1, 7, 32, 333, 4096])
+@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_matches_fp64_reference(T, D, norm):
+    args = inputs.mhc_pre_args(T, D, device="cuda", norm=norm, seed=T)
+    check_against_oracle(args, run_triton(args, dispatch=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_pdl_off_equals_on_and_graph_replay(monkeypatch):
+    from fusegraph.kernels.mhc_pre import triton_kernels
+
+    args = inputs.mhc_pre_args(64, 4096, device="cuda", norm=True, seed=1)
+    on = triton_kernels.mhc_pre_forward(*args)
+    monkeypatch.setenv("FUSEGRAPH_PDL", "0")
+    off = triton_kernels.mhc_pre_forward(*args)
+    monkeypatch.delenv("FUSEGRAPH_PDL")
+    for a, b in zip(on, off):
+        assert torch.equal(a, b)
+    # capturable: replay on new residual values written into the captured input
+    residual = args[0].clone()
+    triton_kernels.mhc_pre_forward(residual, *args[1:])
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = triton_kernels.mhc_pre_forward(residual, *args[1:])
+    fresh = inputs.mhc_pre_args(64, 4096, device="cuda", norm=True, seed=2)[0]
+    residual.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    check_against_oracle((fresh,) + args[1:], captured)

@@ -7,8 +7,8 @@ For a DSV4 model with L decoder layers (compress ratio r_l each), one compilatio
 - ``hc_head_norm`` once.
 - per layer: ``q_norm_rope`` once; the KV path once (``kv_norm_rope_quant_store`` when the window
   cache is the paged FP8 layout, else ``kv_norm_rope_quant`` + ``set_mla_kv_buffer``).
-- ``compressor_pool`` once per layer with r > 0, plus once more for the indexer's compressor on
-  ratio-4 layers that have one.
+- ``compressor_pool`` at least once per layer with r > 0 (the attention compressor; the indexer's own
+  ratio-4 compressor is a further site when it matches, not counted here).
 The model describes itself through ``model.config`` (``fusegraph.models.DSV4Config`` or anything with
 ``n_layers``/``num_hidden_layers`` and ``compress_ratios``); other models get no expectations.
 """
@@ -45,6 +45,5 @@ def expected_sites(model: torch.nn.Module) -> dict[str, int]:
         out["set_mla_kv_buffer"] = n_layers
     else:
         out["kv_norm_rope_quant_store"] = n_layers
-    has_indexer = _get(cfg, "use_indexer_compressor", default=True)
-    out["compressor_pool"] = sum(1 for r in ratios if r) + (sum(1 for r in ratios if r == 4) if has_indexer else 0)
+    out["compressor_pool"] = sum(1 for r in ratios if r)
     return {k: v for k, v in out.items() if v}

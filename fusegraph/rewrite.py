@@ -168,8 +168,13 @@ def compose(gm: torch.fx.GraphModule, comp: Composition) -> list[tuple[torch.fx.
         with gm.graph.inserting_before(second):
             new = gm.graph.call_function(composed_op.torch_op, args)
         _redirect(gm, second, new, _n_outputs(first_op), _returns_tuple(second_op))
-        _redirect(gm, first, new, 0, _returns_tuple(first_op))
         gm.graph.erase_node(second)
+        if keeps_first:
+            _redirect(gm, first, new, 0, _returns_tuple(first_op))
+        else:  # the first call's results fed only the second: they go with it
+            for r in _results(first):
+                if r is not first and not r.users:
+                    gm.graph.erase_node(r)
         gm.graph.erase_node(first)
         done.append((first, second, new))
         order = {n: i for i, n in enumerate(gm.graph.nodes)}

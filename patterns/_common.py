@@ -14,6 +14,7 @@ FP8_AMAX_EPS = 1e-4   # official act_quant clamp
 BF16 = (torch.bfloat16,)
 F32 = (torch.float32,)
 INDEX = (torch.int32, torch.int64)
+ROPE_PAIRS = 32       # rope dim 64 = 32 interleaved pairs in every DSV4 RoPE
 
 
 def fan_in(dim: str, scale: float = 1.0):
@@ -50,7 +51,7 @@ def residual_spec() -> TensorSpec:
 
 def rope_specs(rows: str = "T") -> dict[str, TensorSpec]:
     # cos/sin are free inputs to the op: any values test the same arithmetic.
-    return {"cos": TensorSpec((rows, "h"), F32, randn(0.7)), "sin": TensorSpec((rows, "h"), F32, randn(0.7))}
+    return {"cos": TensorSpec((rows, ROPE_PAIRS), F32, randn(0.7)), "sin": TensorSpec((rows, ROPE_PAIRS), F32, randn(0.7))}
 
 
 # Regimes of the mHC ops: tiny residuals make both RMS eps dominate; spread logits make the

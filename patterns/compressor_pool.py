@@ -15,8 +15,8 @@ def _constraints(d):
         return "compress ratio must be >= 1"
     if w != (2 if r == 4 else 1) * dim:
         return f"kv width {w} is not {'2 x' if r == 4 else '1 x'} the head dim {dim} (ratio {r})"
-    if 2 * d["h"] > dim:
-        return f"rope width {2 * d['h']} exceeds the head dim {dim}"
+    if 64 > dim:
+        return f"rope width 64 exceeds the head dim {dim}"
     return None
 
 

@@ -206,12 +206,64 @@ def check_site(k: int, site: MatchSite, call: tuple[Callable[..., Any], list[str
     return result
 
 
+def resolve_arg_names(compiled: Any, site: MatchSite, call: tuple[Callable[..., Any], list[str], dict]
+                      ) -> list[str]:
+    """Names of ``compiled.unfused`` nodes whose values feed ``site_call``'s ``fn``, in order.
+
+    ``site_call`` may name a node of the *fused* graph where a site's input comes out of another
+    fused call (mhc_post reading mhc_pre's ``post``); the value the unfused run recorded is then
+    found through ``site.inputs`` (op parameter -> unfused node), else by following the ``getitem``
+    back to the producing site's outputs.
+    """
+    from fusegraph import ops
+
+    _fn, arg_names, literals = call
+    unfused_names = {n.name for n in compiled.unfused.graph.nodes}
+    if all(a in unfused_names for a in arg_names):
+        return list(arg_names)
+    params = [p for p in ops.get(site.op).signature.parameters if p not in literals]
+    by_call = {s.fused_node: s for s in compiled.sites}
+    fused_nodes = {n.name: n for n in compiled.fused.graph.nodes} if getattr(compiled, "fused", None) is not None else {}
+    resolved = []
+    for i, name in enumerate(arg_names):
+        if name in unfused_names:
+            resolved.append(name)
+            continue
+        param = params[i] if i < len(params) and len(params) == len(arg_names) else None
+        if param is not None and site.inputs.get(param) in unfused_names:
+            resolved.append(site.inputs[param])
+            continue
+        resolved.append(_through_getitem(fused_nodes.get(name), by_call) or name)
+    return resolved
+
+
+def _through_getitem(node: Any, by_call: dict[str, MatchSite]) -> str | None:
+    """A fused-graph node that unpacks another site's fused call -> the unfused node it replaced."""
+    import operator
+
+    if node is None:
+        return None
+    index = 0
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
+        index, node = node.args[1], node.args[0]
+    producer = by_call.get(getattr(node, "name", ""))
+    if producer is None:
+        return None
+    outs = list(producer.outputs.values())
+    return outs[index] if index < len(outs) else None
+
+
 def compare_compiled(compiled: Any, source: model_source.ModelSource, target: str,
                      progress: Progress | None = None) -> CompareResult:
     """Steps 1-4 of the module docstring on an already compiled model."""
     inputs = source.inputs
+    if not compiled.report.model or compiled.report.model == type(source.model).__name__:
+        compiled.report.model = source.name
     sites: list[MatchSite] = list(compiled.sites)
-    calls = [compiled.site_call(s) for s in sites]
+    calls = []
+    for s in sites:
+        fn, _names, literals = compiled.site_call(s)
+        calls.append((fn, resolve_arg_names(compiled, s, (fn, _names, literals)), literals))
     state = _State(compiled.unfused, compiled)
     note = progress.note if progress else (lambda _m: None)
 
@@ -270,10 +322,19 @@ def add_timings(result: CompareResult, compiled: Any, source: model_source.Model
 
 
 # -- bisect ----------------------------------------------------------------------------------------------
-def bisect(compile_fn: CompileFn, source: model_source.ModelSource, target: str, n_sites: int,
-           out_unfused: Any, out_64: Any, progress: Progress) -> BisectResult:
-    """First k such that fusing sites [0, k) pushes a model output past tolerance; site k-1 is it."""
-    cache: dict[int, tuple[bool, TensorCheck | None, Any]] = {}
+def _site_key(site: MatchSite) -> tuple:
+    return (site.pattern, site.module, site.anchor, tuple(site.replaced))
+
+
+def bisect(compile_fn: CompileFn, source: model_source.ModelSource, target: str, full_sites: list[MatchSite],
+           full_failing: TensorCheck | None, out_unfused: Any, out_64: Any, progress: Progress) -> BisectResult:
+    """Smallest fuel k such that ``compile(fuel=k)`` pushes a model output past tolerance.
+
+    Fuel counts the compiler's matches in graph order; a composition (post + pre into one op) may
+    turn two matches into one site, so k is not a site index: the culprit is the site that
+    ``fuel=k`` has and ``fuel=k-1`` has not.
+    """
+    cache: dict[int, tuple[bool, TensorCheck | None, list[MatchSite]]] = {}
 
     def trial(k: int) -> bool:
         if k not in cache:
@@ -284,27 +345,41 @@ def bisect(compile_fn: CompileFn, source: model_source.ModelSource, target: str,
             state.restore()
             checks = _check_outputs(out, out_unfused, out_64)
             bad = next((c for c in checks if not c.passed), None)
-            cache[k] = (bad is None, bad, compiled)
-            progress.note(f"fusegraph: bisect: fuel={k}: {'within tolerance' if bad is None else 'FAILS (' + bad.reason + ')'}")
+            cache[k] = (bad is None, bad, list(compiled.sites))
+            verdict = "within tolerance" if bad is None else f"FAILS ({bad.name}: {bad.reason})"
+            progress.note(f"fusegraph: bisect: fuel={k} ({len(compiled.sites)} sites): {verdict}")
         return cache[k][0]
 
-    if trial(n_sites):
-        return BisectResult(sorted((k, v[0]) for k, v in cache.items()), None, None, None,
-                            "all sites fused: every model output is within tolerance")
+    def steps() -> list[tuple[int, bool]]:
+        return sorted((k, v[0]) for k, v in cache.items())
+
+    if full_failing is None:
+        return BisectResult([], None, None, None, "all sites fused: every model output is within tolerance")
     if not trial(0):
-        return BisectResult(sorted((k, v[0]) for k, v in cache.items()), None, None, cache[0][1],
+        return BisectResult(steps(), None, None, cache[0][1],
                             "outputs fail with no site fused (fuel=0): the difference is not from a fusion")
-    lo, hi = 0, n_sites  # trial(lo) passes, trial(hi) fails
+    full = {_site_key(s) for s in full_sites}
+    hi = max(1, len(full_sites))
+    while trial(hi):  # fuel counts matches, which may outnumber sites: grow until it fails
+        if {_site_key(s) for s in cache[hi][2]} == full or hi > 64 * max(1, len(full_sites)):
+            return BisectResult(steps(), None, None, full_failing,
+                                "every fuel-limited compile is within tolerance, the full one is not")
+        hi *= 2
+    lo = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if trial(mid):
             lo = mid
         else:
             hi = mid
-    compiled = cache[hi][2]
-    fused_sites = list(compiled.sites)
-    site = fused_sites[hi - 1] if len(fused_sites) >= hi else None
-    return BisectResult(sorted((k, v[0]) for k, v in cache.items()), hi - 1, site, cache[hi][1])
+    before = {_site_key(s) for s in cache[lo][2]}
+    new = [(i, s) for i, s in enumerate(cache[hi][2]) if _site_key(s) not in before]
+    index, site = new[-1] if new else (None, None)
+    if site is not None:  # report the index the full compile gives this site, when it has it
+        keys = [_site_key(s) for s in full_sites]
+        index = keys.index(_site_key(site)) if _site_key(site) in keys else index
+    return BisectResult(steps(), index, site, cache[hi][1],
+                        f"fuel={hi} fails, fuel={lo} passes")
 
 
 # -- command ---------------------------------------------------------------------------------------------
@@ -348,7 +423,9 @@ def run(args: argparse.Namespace, compile_fn: CompileFn | None = None) -> int:
         add_timings(result, compiled, source, args.cuda_graph)
         if args.bisect:
             out_unfused, out_64 = result.reference_outputs or (None, None)
-            result.bisect = bisect(compile_fn, source, target, len(compiled.sites), out_unfused, out_64, progress)
+            failing = next((c for c in result.outputs if not c.passed), None)
+            result.bisect = bisect(compile_fn, source, target, list(compiled.sites), failing, out_unfused, out_64,
+                                   progress)
     elapsed = time.monotonic() - start
 
     from fusegraph.render.compare_text import render_text

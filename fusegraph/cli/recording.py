@@ -125,8 +125,8 @@ class Fp64Interpreter(torch.fx.Interpreter):
         return super().run_node(n)
 
     def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if target in self._TO_FP64_METHODS:
-            return _promote_tensor(args[0].to(torch.float64) if args[0].dtype.is_floating_point else args[0])
+        if target in self._TO_FP64_METHODS:  # x.float() / .half() / .bfloat16(), of floats and integers alike
+            return args[0].to(torch.float64)
         if target == "view" and any(isinstance(a, torch.dtype) for a in list(args[1:]) + list(kwargs.values())):
             # A bitcast: the bytes must be those of the graph's own dtype, so round back to it here
             # (as the graph does) and reinterpret; the result is promoted again after.

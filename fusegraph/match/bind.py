@@ -10,6 +10,7 @@ A wrong binding is possible in principle; it cannot survive verification (``matc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch.fx
 
@@ -33,7 +34,7 @@ class Binding:
 
 def fit(spec: TensorSpec, node: torch.fx.Node, dims: Dims) -> Dims | None:
     val = tensor_val(node)
-    if val is None or not spec.dtype_ok(val.dtype):
+    if val is None or not spec.dtype_ok(val.dtype) or val.numel() == 0:  # empty values verify nothing
         return None
     out = unify_shape(spec.shape, tuple(int(s) for s in val.shape), dims)
     if out is not None and spec.check is not None:
@@ -58,51 +59,75 @@ def seeds(facts: GraphFacts, pattern: Pattern) -> list[torch.fx.Node]:
     return out
 
 
+MAX_STEPS = 64        # bindings explored per seed (a DFS over candidate values)
+CANDIDATES_PER_STEP = 4
+
+
+def bindings(facts: GraphFacts, pattern: Pattern, seed: torch.fx.Node) -> Iterator[Binding]:
+    """Complete bindings for ``seed``, most plausible first; the last one yielded may be incomplete
+    (``missing`` set) when no complete binding exists within the search budget."""
+    start = Binding(pattern, seed)
+    start.dims = fit(pattern.inputs[pattern.seed], seed, {}) or {}
+    start.nodes[pattern.seed] = seed
+    budget = [MAX_STEPS]
+    deepest = [start]
+    yielded = False
+    for b in _extend(facts, start, budget, deepest):
+        yielded = True
+        yield b
+    if not yielded:
+        best = deepest[0]
+        best.missing = tuple(k for k in pattern.inputs if k not in best.nodes)
+        yield best
+
+
 def bind(facts: GraphFacts, pattern: Pattern, seed: torch.fx.Node) -> Binding:
-    binding = Binding(pattern, seed)
-    binding.dims = fit(pattern.inputs[pattern.seed], seed, {}) or {}
-    binding.nodes[pattern.seed] = seed
-    seed_pos = facts.order[seed]
-    while True:
-        unbound = [k for k in pattern.inputs if k not in binding.nodes]
-        if not unbound:
-            break
-        bound = set(binding.nodes.values())
-        closure = facts.closure(bound)
-        from_seed = _downstream(seed, closure)
+    return next(bindings(facts, pattern, seed))
 
-        # Consumers of values derived from the seed first (they belong to this site), nearest first.
-        def rank(n: torch.fx.Node) -> tuple[int, int]:
-            return (0 if any(a in from_seed for a in n.all_input_nodes) else 1, abs(facts.order[n] - seed_pos))
 
-        hit = None
-        for consumer in sorted(facts.frontier(closure), key=rank):
-            for operand in consumer.all_input_nodes:
-                if operand in closure or facts.free(operand):
-                    continue
-                found: list = []
+def _extend(facts: GraphFacts, b: Binding, budget: list[int], deepest: list[Binding]) -> Iterator[Binding]:
+    if len(b.nodes) > len(deepest[0].nodes):
+        deepest[0] = b
+    unbound = [k for k in b.pattern.inputs if k not in b.nodes]
+    if not unbound:
+        yield b
+        return
+    for name, node, dims in _candidates(facts, b, unbound):
+        if budget[0] <= 0:
+            return
+        budget[0] -= 1
+        nxt = Binding(b.pattern, b.seed, {**b.nodes, name: node}, dims)
+        yield from _extend(facts, nxt, budget, deepest)
 
-                def fits_unbound(node: torch.fx.Node) -> bool:
-                    for name in unbound:
-                        dims = fit(pattern.inputs[name], node, binding.dims)
-                        if dims is not None:
-                            found.append((name, dims))
-                            return True
-                    return False
 
-                node = facts.backward_search(operand, fits_unbound, stop=closure, max_depth=8)
-                if node is not None:
-                    hit = (found[0][0], node, found[0][1])
-                    break
-            if hit:
-                break
-        if hit is None:
-            binding.missing = tuple(unbound)
-            break
-        name, node, dims = hit
-        binding.nodes[name] = node
-        binding.dims = dims
-    return binding
+def _candidates(facts: GraphFacts, b: Binding, unbound: list[str]) -> list[tuple[str, torch.fx.Node, Dims]]:
+    """Values that could play an unbound input: found backwards from the operands of the nodes that
+    consume what is bound; consumers of seed-derived values first (they belong to this site), nearest
+    first."""
+    bound = set(b.nodes.values())
+    closure = facts.closure(bound)
+    from_seed = _downstream(b.seed, closure)
+    seed_pos = facts.order[b.seed]
+
+    def rank(n: torch.fx.Node) -> tuple[int, int]:
+        return (0 if any(a in from_seed for a in n.all_input_nodes) else 1, abs(facts.order[n] - seed_pos))
+
+    out: list[tuple[str, torch.fx.Node, Dims]] = []
+    seen: set[tuple[str, torch.fx.Node]] = set()
+    for consumer in sorted(facts.frontier(closure), key=rank):
+        for operand in consumer.all_input_nodes:
+            if operand in closure or facts.is_static(operand):
+                continue
+            for node in facts.backward_fits(operand, lambda n: any(
+                    fit(b.pattern.inputs[k], n, b.dims) is not None for k in unbound), stop=closure | bound):
+                for name in unbound:
+                    dims = fit(b.pattern.inputs[name], node, b.dims)
+                    if dims is not None and (name, node) not in seen:
+                        seen.add((name, node))
+                        out.append((name, node, dims))
+                if len(out) >= CANDIDATES_PER_STEP:
+                    return out
+    return out
 
 
 def _downstream(seed: torch.fx.Node, closure: set[torch.fx.Node]) -> set[torch.fx.Node]:

@@ -75,7 +75,9 @@ def run_graph(facts: GraphFacts, nodes: list[torch.fx.Node], binding: Binding,
         if a in env:
             return env[a]
         if facts.is_static(a):
-            return a.meta.get("val")
+            val = a.meta.get("val")
+            # shape propagation ran on meta tensors; evaluation runs on the CPU
+            return torch.device("cpu") if isinstance(val, torch.device) else val
         if facts.is_constant(a):
             env[a] = _call(facts, a, value)
             return env[a]

@@ -27,6 +27,19 @@ class GraphFacts:
         self.gm = gm
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self._constant: dict[torch.fx.Node, bool] = {}
+        # Constants computed from a bound value (positions = arange(T) bound as ``loc``) must be
+        # recomputed from the bound value: ``bound_to`` marks them for the current binding.
+        self.unfree: frozenset[torch.fx.Node] = frozenset()
+
+    def bound_to(self, bound: Iterable[torch.fx.Node]) -> None:
+        out: set[torch.fx.Node] = set()
+        stack = [b for b in bound if self.is_constant(b)]
+        while stack:
+            for u in stack.pop().users:
+                if u not in out and self.is_constant(u):
+                    out.add(u)
+                    stack.append(u)
+        self.unfree = frozenset(out)
 
     def is_static(self, node: torch.fx.Node) -> bool:
         if node.op in ("placeholder", "get_attr"):
@@ -55,7 +68,7 @@ class GraphFacts:
 
     def free(self, node: torch.fx.Node) -> bool:
         """Available to any computation without binding: statics and constants."""
-        return self.is_static(node) or self.is_constant(node)
+        return self.is_static(node) or (self.is_constant(node) and node not in self.unfree)
 
     def joinable(self, node: torch.fx.Node) -> bool:
         """Can ``node`` be part of a closure? Module calls hide their parameters: never."""
@@ -89,7 +102,7 @@ class GraphFacts:
         queue = deque([(start, 0)])
         while queue:
             node, depth = queue.popleft()
-            if node in stop or self.free(node):
+            if node in stop or self.is_static(node):
                 continue
             if fits(node):
                 return node
@@ -100,6 +113,27 @@ class GraphFacts:
                     seen.add(a)
                     queue.append((a, depth + 1))
         return None
+
+    def backward_fits(self, start: torch.fx.Node, fits: Callable[[torch.fx.Node], bool],
+                      stop: set[torch.fx.Node], max_depth: int = 8, limit: int = 4) -> list[torch.fx.Node]:
+        """Like ``backward_search`` but collects up to ``limit`` fitting nodes, searching on past
+        each (``loc // P`` fits an index spec too; ``loc`` itself lies behind it)."""
+        seen = {start}
+        queue = deque([(start, 0)])
+        found: list[torch.fx.Node] = []
+        while queue and len(found) < limit:
+            node, depth = queue.popleft()
+            if node in stop or self.is_static(node):
+                continue
+            if fits(node):
+                found.append(node)
+            if depth == max_depth:
+                continue
+            for a in node.all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    queue.append((a, depth + 1))
+        return found
 
     def uses_through_plumbing(self, node: torch.fx.Node, labels: tuple[str, ...], depth: int = 3) -> bool:
         """Is ``node`` consumed (directly or through views/casts) by an op with one of ``labels``?"""

@@ -28,7 +28,7 @@ import torch.fx
 
 from fusegraph.canonicalize import mutated_input, op_label
 from fusegraph.capture import module_path, source_of
-from fusegraph.match.bind import Binding, bind, seeds, swapped
+from fusegraph.match.bind import Binding, bindings, seeds
 from fusegraph.match.diagnose import align
 from fusegraph.match.evaluate import draw_inputs, run_graph, run_reference
 from fusegraph.match.graph_facts import GraphFacts
@@ -38,6 +38,7 @@ from fusegraph.pattern import Pattern
 from fusegraph.records import NearMiss
 
 REPORT_FRACTION = 0.25   # near misses below this share of pattern values found are not reported
+BINDINGS_PER_SEED = 8    # complete bindings verified per seed before giving up   # near misses below this share of pattern values found are not reported
 _DTYPE_LOOSE = {torch.float32: torch.bfloat16}
 
 
@@ -87,21 +88,20 @@ class Matcher:
         return matches, misses
 
     def try_seed(self, pattern: Pattern, seed: torch.fx.Node) -> Match | NearMiss | None:
-        binding = bind(self.facts, pattern, seed)
-        result = self._try_binding(pattern, binding)
-        # Inputs with the same spec (cos/sin, kv/score) may have been bound the wrong way round.
-        pairs = pattern.interchangeable
-        for mask in range(1, 2 ** len(pairs)):
-            if isinstance(result, Match) or result is None or not binding.complete:
+        """Try the seed's plausible bindings in order; the first that verifies wins. The reported
+        near miss is the attempt that got furthest (largest share of pattern values found)."""
+        best: NearMiss | None = None
+        for k, binding in enumerate(bindings(self.facts, pattern, seed)):
+            if k >= BINDINGS_PER_SEED:
                 break
-            alt = binding
-            for k, (a, b) in enumerate(pairs):
-                if mask >> k & 1:
-                    alt = swapped(alt, a, b)
-            found = self._try_binding(pattern, alt)
-            if isinstance(found, Match) or found is None:
-                return found
-        return result
+            result = self._try_binding(pattern, binding)
+            if isinstance(result, Match):
+                return result
+            if result is None and binding.complete:
+                return None
+            if result is not None and (best is None or result.matched_fraction > best.matched_fraction):
+                best = result
+        return best
 
     def _try_binding(self, pattern: Pattern, binding: Binding) -> Match | NearMiss | None:
         seed = binding.seed
@@ -110,6 +110,7 @@ class Matcher:
                               f"no value fits input(s) {', '.join(binding.missing)} "
                               f"({', '.join(_spec_str(pattern, m) for m in binding.missing)}) near `{seed.name}`")
         bound = set(binding.nodes.values())
+        self.facts.bound_to(bound)
         closure = self.facts.topo(n for n in self.facts.closure(bound) if n not in bound)
         if not closure or all(n in self.claimed for n in closure):
             return None
@@ -148,8 +149,12 @@ class Matcher:
         outputs: dict[int, int] = {}
         worst = 0.0
         for i, ref in enumerate(ref0):
-            agree = [n for n in closure if n not in self.claimed and violation(env0[n], ref) <= 1.0]
+            agree = [n for n in closure if n not in self.claimed and _same_dtype(env0[n], ref)
+                     and violation(env0[n], ref) <= 1.0]
             found = None
+            # The same value often exists under several views ([T, 7, 64] tiles, then [T, 448]):
+            # prefer one with the op's own shape, so consumers read the fused result directly.
+            agree.sort(key=lambda n: tuple(env0[n].shape) != tuple(ref.shape))
             for n in agree:
                 scores = [violation(env[n], r_out[i]) for _, env, r_out, _, _ in runs[1:]]
                 if all(v <= 1.0 for v in scores):
@@ -232,6 +237,10 @@ class Matcher:
                         divergent_node=divergent.name if divergent is not None else None,
                         source=source_of(divergent) if divergent is not None else None,
                         matched_fraction=round(fraction, 3))
+
+
+def _same_dtype(value: Any, ref: torch.Tensor) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == ref.dtype
 
 
 def _writes_into(node: torch.fx.Node, target: torch.fx.Node, closure: list[torch.fx.Node]) -> bool:

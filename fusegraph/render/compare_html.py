@@ -26,8 +26,9 @@ def render_html(result: "CompareResult", compiled: Any, engine: str = "auto") ->
     parts: list[str] = []
     ok = result.passed
     parts.append(f"<h1>fusegraph compare: {esc(result.report.model)} {_status(ok)}</h1>")
+    tokens = f"{result.tokens} tokens &middot; " if result.tokens is not None else ""
     parts.append(f'<div class="sub">{esc(result.device)} &middot; target {esc(result.target)} &middot; '
-                 f"{esc(result.tokens)} tokens &middot; seed {esc(result.seed)}</div>")
+                 f"{tokens}seed {esc(result.seed)}</div>")
 
     parts.append("<h2>Model outputs</h2><p>Fused vs unfused; rel L2 and bf16 ulps against an fp64 run of the "
                  "unfused graph.</p>")
@@ -44,12 +45,13 @@ def render_html(result: "CompareResult", compiled: Any, engine: str = "auto") ->
     for s in result.sites:
         for c in s.checks or []:
             rows.append([s.index, s.site.pattern, s.site.module or "(root)", s.site.selection.provider, c.name,
-                         c.dtype, sci(c.max_abs), sci(c.rel_l2), sci(c.ulps), _status(c.passed), c.reason])
+                         c.dtype, sci(c.max_abs), sci(c.rel_l2), sci(c.ulps), _status(c.passed),
+                         "; ".join(x for x in (c.reason, c.note) if x)])
         if s.error:
             rows.append([s.index, s.site.pattern, s.site.module, s.site.selection.provider, "-", "-", "-", "-", "-",
                          _status(False), s.error])
     parts.append(table(["#", "pattern", "module", "provider", "output", "dtype", "max abs", "rel L2", "bf16 ulps",
-                        "status", "why"], rows, numeric=(0, 6, 7, 8), raw=(9,)))
+                        "status", "why / how compared"], rows, numeric=(0, 6, 7, 8), raw=(9,)))
 
     if result.timing_fused is not None and result.timing_unfused is not None:
         u, f = result.timing_unfused, result.timing_fused

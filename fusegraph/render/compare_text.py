@@ -59,6 +59,13 @@ def render_text(result: "CompareResult", *, limit: int = 40, elapsed_s: float | 
     out.append(t.render() if result.sites else "(no sites)")
     if hidden:
         out.append(f"... {hidden} more sites (--limit 0 shows all; -o DIR writes everything)")
+    notes: dict[str, list[str]] = {}
+    for s in result.sites:
+        for c in s.checks:
+            if c.note:
+                notes.setdefault(f"{s.site.pattern} output {c.name}: {c.note}", []).append(f"#{s.index}")
+    for text, where in list(notes.items())[: max(limit, 10)]:
+        out.append(f"note: {text} (sites {', '.join(where[:6])}{', ...' if len(where) > 6 else ''})")
     failures = [s for s in result.sites if not s.passed]
     for s in failures[: max(limit, 10)]:
         where = f"site #{s.index} {s.site.pattern} at {s.site.module or '(root)'} ({s.site.fused_node})"

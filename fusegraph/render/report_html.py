@@ -22,8 +22,9 @@ def render_html(result: "ReportResult") -> str:
     parts: list[str] = []
     where = "meta device, planning only" if result.device == "meta" else result.device
     parts.append(f"<h1>fusegraph report: {esc(rep.model)}</h1>")
+    tokens = f"{result.tokens} tokens &middot; " if result.tokens is not None else ""
     parts.append(f'<div class="sub">target <b>{esc(rep.target)}</b> &middot; {esc(where)} &middot; '
-                 f"{esc(result.tokens)} tokens &middot; capture {esc(rep.capture)}"
+                 f"{tokens}capture {esc(rep.capture)}"
                  + (f" ({esc(rep.capture_note)})" if rep.capture_note else "") + "</div>")
     for w in result.warnings:
         parts.append(f'<div class="warn">Warning: {esc(w)}</div>')

@@ -37,7 +37,13 @@ BUCKETS: tuple[tuple[int | None, GatherConfig], ...] = (
 )
 
 
+# Benchmarks may force one config for every n (None = by bucket).
+CONFIG_OVERRIDE: GatherConfig | None = None
+
+
 def config_for(n: int) -> GatherConfig:
+    if CONFIG_OVERRIDE is not None:
+        return CONFIG_OVERRIDE
     for bound, config in BUCKETS:
         if bound is None or n <= bound:
             return config
@@ -60,8 +66,9 @@ def cache_reason(cache: Tensor, page_size: int, name: str = "cache") -> str | No
         return f"{name} pages hold {cache.shape[1]} bytes, page_size {page_size} needs {need}"
     if cache.stride(1) != 1:
         return f"{name} bytes within a page must be contiguous"
-    if cache.stride(0) % 2 or cache.shape[1] % 2 or cache.storage_offset() % 2:
-        return f"{name} must be viewable as bf16 (even page stride, page size and offset)"
+    if cache.stride(0) % 8 or cache.shape[1] % 2 or cache.storage_offset() % 8:
+        # bf16 view for the rope values, one 8-byte load for a row's scale bytes
+        return f"{name} needs a page stride and offset that are multiples of 8 bytes and an even page size"
     return None
 
 
@@ -72,7 +79,7 @@ def index_reason(idx: Tensor, name: str) -> str | None:
 
 
 if tc.HAS_TRITON:
-    from .triton_fp8 import fp8_row_offsets, load_nope, load_rope
+    from .triton_fp8 import dequant_chunk, fp8_row_offsets, load_fp8_rows
 
     @triton.jit
     def _gather_dequant_kernel(cache_ptr, cache_bf16_ptr, page_stride, page_size, slots_ptr, out_ptr, n,
@@ -83,15 +90,15 @@ if tc.HAS_TRITON:
         slot = tl.load(slots_ptr + rows, mask=in_range, other=-1).to(tl.int64)
         valid = slot >= 0
         row_off, scale_off = fp8_row_offsets(tl.where(valid, slot, 0), page_stride, page_size)
+        # all loads first: one memory round trip per program (stores may alias loads for the
+        # compiler, so interleaving them would serialize four round trips)
+        raw_a, raw_b, raw_c, rope, word = load_fp8_rows(cache_ptr, cache_bf16_ptr, row_off, scale_off, valid)
         out_row = out_ptr + rows.to(tl.int64)[:, None] * 512
         keep = in_range[:, None]
-        tl.store(out_row + tl.arange(0, 256)[None, :],
-                 load_nope(cache_ptr, row_off, scale_off, valid, 0, 256, NATIVE_FP8), mask=keep)
-        tl.store(out_row + 256 + tl.arange(0, 128)[None, :],
-                 load_nope(cache_ptr, row_off, scale_off, valid, 256, 128, NATIVE_FP8), mask=keep)
-        tl.store(out_row + 384 + tl.arange(0, 64)[None, :],
-                 load_nope(cache_ptr, row_off, scale_off, valid, 384, 64, NATIVE_FP8), mask=keep)
-        tl.store(out_row + 448 + tl.arange(0, 64)[None, :], load_rope(cache_bf16_ptr, row_off, valid), mask=keep)
+        tl.store(out_row + tl.arange(0, 256)[None, :], dequant_chunk(raw_a, word, 0, NATIVE_FP8), mask=keep)
+        tl.store(out_row + 256 + tl.arange(0, 128)[None, :], dequant_chunk(raw_b, word, 4, NATIVE_FP8), mask=keep)
+        tl.store(out_row + 384 + tl.arange(0, 64)[None, :], dequant_chunk(raw_c, word, 6, NATIVE_FP8), mask=keep)
+        tl.store(out_row + 448 + tl.arange(0, 64)[None, :], rope, mask=keep)
         tc.pdl_launch_dependents(USE_PDL)
 
 

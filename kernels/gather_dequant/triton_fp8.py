@@ -82,30 +82,40 @@ if HAS_TRITON:
             return moved.to(tl.float32, bitcast=True) * 1.329227995784916e36  # * 2^120
 
     @triton.jit
-    def load_nope(cache_ptr, row_off, scale_off, valid, C0: tl.constexpr, W: tl.constexpr,
-                  NATIVE: tl.constexpr):
-        """bf16 ``[R, W]``: channels ``[C0, C0 + W)`` of rows at ``row_off`` (0 where not ``valid``)."""
+    def load_fp8_rows(cache_ptr, cache_bf16_ptr, row_off, scale_off, valid):
+        """Issue every load of rows at ``row_off`` / ``scale_off`` at once (no use in between, so all
+        are in flight together): ``(raw_a [R, 256], raw_b [R, 128], raw_c [R, 64])`` e4m3 bytes of
+        nope channels 0..255, 256..383, 384..447, ``rope [R, 64]`` bf16 and ``word [R]`` uint64, the
+        row's 8 scale bytes (little-endian: byte g scales tile g). Invalid rows are not read
+        (zeros). The byte loads are 16 bytes wide when the page stride is a multiple of 16 (Triton
+        specializes it); the scale word needs 8-byte alignment (``cache_reason`` checks it)."""
+        raw_a = tl.load(cache_ptr + row_off[:, None] + tl.arange(0, 256)[None, :], mask=valid[:, None], other=0)
+        raw_b = tl.load(cache_ptr + row_off[:, None] + 256 + tl.arange(0, 128)[None, :], mask=valid[:, None],
+                        other=0)
+        raw_c = tl.load(cache_ptr + row_off[:, None] + 384 + tl.arange(0, 64)[None, :], mask=valid[:, None],
+                        other=0)
+        start = (row_off + _NOPE_DIM) // 2
+        rope = tl.load(cache_bf16_ptr + start[:, None] + tl.arange(0, 64)[None, :], mask=valid[:, None],
+                       other=0.0)
+        word = tl.load((cache_ptr + scale_off).to(tl.pointer_type(tl.uint64)), mask=valid, other=0)
+        return raw_a, raw_b, raw_c, rope, word
+
+    @triton.jit
+    def dequant_chunk(raw, word, G0: tl.constexpr, NATIVE: tl.constexpr):
+        """bf16 ``[R, W]`` of e4m3 bytes ``raw [R, W]`` (W/64 tiles starting at tile ``G0``) scaled by
+        the ue8m0 bytes ``G0..`` of ``word [R]``. Exact: e4m3 * 2^k is a bf16 value."""
+        R: tl.constexpr = raw.shape[0]
+        W: tl.constexpr = raw.shape[1]
         G: tl.constexpr = W // 64
-        R: tl.constexpr = row_off.shape[0]
-        cols = C0 + tl.arange(0, W)
-        raw = tl.load(cache_ptr + row_off[:, None] + cols[None, :], mask=valid[:, None], other=0)
-        groups = C0 // 64 + tl.arange(0, G)
-        sb = tl.load(cache_ptr + scale_off[:, None] + groups[None, :], mask=valid[:, None], other=127)
-        vals = _decode_e4m3(raw, NATIVE)
+        shifts = ((G0 + tl.arange(0, G)) * 8).to(tl.uint64)
+        sb = ((word[:, None] >> shifts[None, :]) & 0xFF).to(tl.uint32)      # [R, G]
         scale = _ue8m0_scale(sb)
+        vals = _decode_e4m3(raw, NATIVE)
         if G == 1:
             out = vals * scale
         else:
             out = tl.reshape(tl.reshape(vals, [R, G, 64]) * scale[:, :, None], [R, W])
-        return out.to(tl.bfloat16)  # exact: e4m3 * 2^k is a bf16 value
-
-    @triton.jit
-    def load_rope(cache_bf16_ptr, row_off, valid):
-        """bf16 ``[R, 64]`` rope channels of rows at byte offsets ``row_off`` (0 where not ``valid``).
-
-        ``cache_bf16_ptr`` is the same cache viewed as bf16 (offsets halve)."""
-        start = (row_off + _NOPE_DIM) // 2
-        return tl.load(cache_bf16_ptr + start[:, None] + tl.arange(0, 64)[None, :], mask=valid[:, None], other=0.0)
+        return out.to(tl.bfloat16)
 
 else:  # pragma: no cover
-    rne_bf16 = fp8_row_offsets = load_nope = load_rope = None  # type: ignore[assignment]
+    rne_bf16 = fp8_row_offsets = load_fp8_rows = dequant_chunk = None  # type: ignore[assignment]

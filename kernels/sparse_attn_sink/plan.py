@@ -52,7 +52,7 @@ def base_plan(num_heads: int, gpu: bool) -> AttnPlan:
     if not gpu:  # interpreter: the smallest legal tiles keep CPU tests fast
         return AttnPlan(block_h=16, block_n=16, num_warps=4, num_stages=1, max_splits=64)
     block_h = min(64, _pow2_at_least(num_heads, 16))
-    return AttnPlan(block_h=block_h, block_n=32, num_warps=4 if block_h <= 16 else 8, num_stages=2,
+    return AttnPlan(block_h=block_h, block_n=32, num_warps=4 if block_h <= 16 else 8, num_stages=3,
                     max_splits=64)
 
 

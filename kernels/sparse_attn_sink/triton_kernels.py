@@ -1,12 +1,25 @@
 """Triton kernels of sparse_attn_sink: split-K attention over gathered FP8 rows, and the combine.
 
 ``sparse_attn_kernel``: program = (token t, head block, split). It loads the q tile
-``[BLOCK_H, 512]`` once (as chunks of 256 + 128 + 64 nope channels and 64 rope channels, the
-widths the FP8 loader produces), then walks its share of kv tiles: for each tile of ``BLOCK_N``
-index entries it loads the indices, gathers + dequantizes the rows straight from the paged FP8
-cache into registers (invalid entries are masked, never dereferenced, and get score -inf), and
-runs one online-softmax step in the log2 domain (fp32; ``-inf`` guarded so an all-invalid prefix
-leaves the state at m = -inf, l = 0, acc = 0). K = V: the same dequantized tile feeds both dots.
+``[BLOCK_H, 512]`` once, then walks its share of kv tiles of ``BLOCK_N`` index entries
+(the window list's tiles, then the compressed list's; a tile never straddles the two). For each
+tile it dequantizes the gathered FP8 rows (chunks of 256 + 128 + 64 nope channels and 64 rope
+channels, the widths the FP8 loader produces) into one bf16 tile and runs one online-softmax step in the
+log2 domain (fp32; ``-inf`` guarded so an all-invalid prefix leaves the state at m = -inf, l = 0,
+acc = 0). K = V: the same dequantized tile feeds both dots. Invalid entries are masked, never
+dereferenced, and get score -inf.
+
+Structure, and why (measured and read off the SASS on an H200):
+
+* One ``[BLOCK_N, 512]`` bf16 tile and one ``[BLOCK_H, 512]`` fp32 accumulator, so each step is
+  two dots (``S = Q K^T`` with K = 512, ``acc += P K``). Split into per-chunk dots (256 + 128 + 64
+  + 64 channels), ptxas serialized every wgmma (warning C7515: non-wgmma instructions defining
+  accumulator registers inside a pipeline stage), one ``HGMMA`` + wait at a time. The chunks are
+  joined in registers (``_cat_cols``) before the tile goes to shared memory.
+* A row's 7 scale bytes are one 8-byte load (byte loads are not pipelined by Triton and left a
+  synchronous global load in every iteration).
+* Loop over a single tile counter for both index lists, so Triton's pipeliner (``num_stages`` 3)
+  prefetches tile i+2's indices and tile i+1's rows (cp.async) across the list boundary.
 
 * ``SPLIT`` False: the kernel folds in the sink (``m = max(m, sink)``, ``den = l*2^(m_old-m) +
   2^(sink-m)``), normalizes, rounds to bf16, de-rotates the rope channels and stores the output.
@@ -25,7 +38,7 @@ from __future__ import annotations
 import math
 
 from fusegraph.kernels import _triton_common as tc
-from fusegraph.kernels.gather_dequant.triton_fp8 import fp8_row_offsets, load_nope, load_rope, rne_bf16
+from fusegraph.kernels.gather_dequant.triton_fp8 import dequant_chunk, fp8_row_offsets, load_fp8_rows, rne_bf16
 
 tl, triton = tc.tl, tc.triton
 
@@ -42,40 +55,62 @@ def _dot(a, b, acc, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _kv_tile(cache_ptr, cache_bf16_ptr, page_stride, page_size, idx_row_ptr, k_len, n0,
-             BLOCK_N: tl.constexpr, NATIVE_FP8: tl.constexpr):
-    """Valid mask and dequantized bf16 chunks (256, 128, 64 nope + 64 rope) of index entries n0..n0+BLOCK_N."""
-    offs = n0 + tl.arange(0, BLOCK_N)
-    idx = tl.load(idx_row_ptr + offs, mask=offs < k_len, other=-1).to(tl.int64)
-    valid = idx >= 0
-    row_off, scale_off = fp8_row_offsets(tl.where(valid, idx, 0), page_stride, page_size)
-    k_a = load_nope(cache_ptr, row_off, scale_off, valid, 0, 256, NATIVE_FP8)
-    k_b = load_nope(cache_ptr, row_off, scale_off, valid, 256, 128, NATIVE_FP8)
-    k_c = load_nope(cache_ptr, row_off, scale_off, valid, 384, 64, NATIVE_FP8)
-    k_r = load_rope(cache_bf16_ptr, row_off, valid)
-    return valid, k_a, k_b, k_c, k_r
+def _tile_slots(tile, last, tiles_swa, swa_idx_row, k_swa, cmp_idx_row, k_cmp, BLOCK_N: tl.constexpr):
+    """int64 slots of tile ``tile`` (window tiles first, then compressed ones); -1 for invalid
+    entries, past the list's end, and for every entry when ``tile >= last`` (nothing is read)."""
+    is_swa = tile < tiles_swa
+    offs = tl.where(is_swa, tile, tile - tiles_swa) * BLOCK_N + tl.arange(0, BLOCK_N)
+    idx_row = tl.where(is_swa, swa_idx_row, cmp_idx_row)
+    k_len = tl.where(is_swa, k_swa, k_cmp)
+    return tl.load(idx_row + offs, mask=(offs < k_len) & (tile < last), other=-1).to(tl.int64)
 
 
 @triton.jit
-def _softmax_step(q_a, q_b, q_c, q_r, valid, k_a, k_b, k_c, k_r, m_i, l_i, acc_a, acc_b, acc_c, acc_r,
-                  qk_scale, INTERPRET: tl.constexpr):
-    """One online-softmax step (log2 domain) of a [BLOCK_H] head block over one kv tile."""
-    s = _dot(q_a, tl.trans(k_a), None, INTERPRET)
-    s = _dot(q_b, tl.trans(k_b), s, INTERPRET)
-    s = _dot(q_c, tl.trans(k_c), s, INTERPRET)
-    s = _dot(q_r, tl.trans(k_r), s, INTERPRET)
+def _tile_fetch(tile, tiles_swa, slots,
+                swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size,
+                cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size):
+    """Issue the loads of the rows of ``slots`` (tile ``tile`` of its list): (valid, raw bytes ...)."""
+    is_swa = tile < tiles_swa
+    valid = slots >= 0
+    # one load per row from whichever cache the tile reads (scalar selects of base and paging)
+    cache_ptr = tl.where(is_swa, swa_ptr, cmp_ptr)
+    cache_bf16_ptr = tl.where(is_swa, swa_bf16_ptr, cmp_bf16_ptr)
+    page_stride = tl.where(is_swa, swa_page_stride, cmp_page_stride)
+    page_size = tl.where(is_swa, swa_page_size, cmp_page_size)
+    row_off, scale_off = fp8_row_offsets(tl.where(valid, slots, 0), page_stride, page_size)
+    raw_a, raw_b, raw_c, rope, word = load_fp8_rows(cache_ptr, cache_bf16_ptr, row_off, scale_off, valid)
+    return valid, raw_a, raw_b, raw_c, rope, word
+
+
+@triton.jit
+def _cat_cols(x, y):
+    """``[R, W] ++ [R, W] -> [R, 2W]`` (x's columns, then y's), in registers."""
+    R: tl.constexpr = x.shape[0]
+    W: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.permute(tl.join(x, y), (0, 2, 1)), [R, 2 * W])
+
+
+@triton.jit
+def _kv_tile(raw_a, raw_b, raw_c, k_r, word, NATIVE_FP8: tl.constexpr):
+    """bf16 ``[BLOCK_N, 512]`` rows of one fetched tile: dequantized nope channels, then rope."""
+    k_a = dequant_chunk(raw_a, word, 0, NATIVE_FP8)
+    k_b = dequant_chunk(raw_b, word, 4, NATIVE_FP8)
+    k_c = dequant_chunk(raw_c, word, 6, NATIVE_FP8)
+    return _cat_cols(k_a, _cat_cols(k_b, _cat_cols(k_c, k_r)))
+
+
+@triton.jit
+def _softmax_step(q, valid, k, m_i, l_i, acc, qk_scale, INTERPRET: tl.constexpr):
+    """One online-softmax step (log2 domain) of a ``[BLOCK_H]`` head block over one kv tile."""
+    s = _dot(q, tl.trans(k), None, INTERPRET)
     s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing valid yet: keep exp2 args finite
     alpha = tl.exp2(m_i - m_ref)
     p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    p16 = rne_bf16(p, INTERPRET)
-    acc_a = _dot(p16, k_a, acc_a * alpha[:, None], INTERPRET)
-    acc_b = _dot(p16, k_b, acc_b * alpha[:, None], INTERPRET)
-    acc_c = _dot(p16, k_c, acc_c * alpha[:, None], INTERPRET)
-    acc_r = _dot(p16, k_r, acc_r * alpha[:, None], INTERPRET)
-    return m_new, l_i, acc_a, acc_b, acc_c, acc_r
+    acc = _dot(rne_bf16(p, INTERPRET), k, acc * alpha[:, None], INTERPRET)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -102,6 +137,20 @@ def _inverse_rope(o_r, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _finish_rows(acc, w, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
+    """bf16 ``[R, 512]`` output rows: ``acc * w`` rounded to bf16, then the rope channels (pairs
+    224..255) rotated by -θ in fp32 and rounded again. The other pairs get cos 1, sin 0: unchanged."""
+    R: tl.constexpr = acc.shape[0]
+    o = rne_bf16(acc * w, INTERPRET).to(tl.float32)
+    x0, x1 = tl.split(tl.reshape(o, [R, 256, 2]))
+    pair = tl.arange(0, 256)
+    rope = pair >= 224
+    c = tl.load(cos_row_ptr + pair - 224, mask=rope, other=1.0)[None, :]
+    s = tl.load(sin_row_ptr + pair - 224, mask=rope, other=0.0)[None, :]
+    return rne_bf16(tl.reshape(tl.join(x0 * c + x1 * s, x1 * c - x0 * s), [R, 512]), INTERPRET)
+
+
+@triton.jit
 def sparse_attn_kernel(
     q_ptr, q_stride_t, q_stride_h,
     swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_idx_ptr, swa_idx_stride, k_swa,
@@ -125,56 +174,38 @@ def sparse_attn_kernel(
     tiles_swa = tl.cdiv(k_swa, BLOCK_N)
     first = split * tiles_per_split
     last = tl.minimum(first + tiles_per_split, tiles_swa + tl.cdiv(k_cmp, BLOCK_N))
+    swa_row = swa_idx_ptr + t * swa_idx_stride
+    cmp_row = cmp_idx_ptr + t * cmp_idx_stride
 
     tc.pdl_wait(USE_PDL)
     q_row = q_ptr + t * q_stride_t + heads.to(tl.int64)[:, None] * q_stride_h
     hm = head_ok[:, None]
-    q_a = tl.load(q_row + tl.arange(0, 256)[None, :], mask=hm, other=0.0)
-    q_b = tl.load(q_row + 256 + tl.arange(0, 128)[None, :], mask=hm, other=0.0)
-    q_c = tl.load(q_row + 384 + tl.arange(0, 64)[None, :], mask=hm, other=0.0)
-    q_r = tl.load(q_row + 448 + tl.arange(0, 64)[None, :], mask=hm, other=0.0)
-
+    q = tl.load(q_row + tl.arange(0, 512)[None, :], mask=hm, other=0.0)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc_a = tl.zeros([BLOCK_H, 256], tl.float32)
-    acc_b = tl.zeros([BLOCK_H, 128], tl.float32)
-    acc_c = tl.zeros([BLOCK_H, 64], tl.float32)
-    acc_r = tl.zeros([BLOCK_H, 64], tl.float32)
-
-    swa_row = swa_idx_ptr + t * swa_idx_stride
-    for tile in range(first, tl.minimum(last, tiles_swa)):
-        valid, k_a, k_b, k_c, k_r = _kv_tile(swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_row,
-                                             k_swa, tile * BLOCK_N, BLOCK_N, NATIVE_FP8)
-        m_i, l_i, acc_a, acc_b, acc_c, acc_r = _softmax_step(
-            q_a, q_b, q_c, q_r, valid, k_a, k_b, k_c, k_r, m_i, l_i, acc_a, acc_b, acc_c, acc_r, qk_scale,
-            INTERPRET)
-    cmp_row = cmp_idx_ptr + t * cmp_idx_stride
-    for tile in range(tl.maximum(first, tiles_swa), last):
-        valid, k_a, k_b, k_c, k_r = _kv_tile(cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_row,
-                                             k_cmp, (tile - tiles_swa) * BLOCK_N, BLOCK_N, NATIVE_FP8)
-        m_i, l_i, acc_a, acc_b, acc_c, acc_r = _softmax_step(
-            q_a, q_b, q_c, q_r, valid, k_a, k_b, k_c, k_r, m_i, l_i, acc_a, acc_b, acc_c, acc_r, qk_scale,
-            INTERPRET)
+    acc = tl.zeros([BLOCK_H, 512], tl.float32)
+    # Triton's pipeliner (num_stages >= 3) loads tile i+2's indices and tile i+1's rows (cp.async
+    # into shared memory) while tile i is computed
+    for tile in range(first, last):
+        slots = _tile_slots(tile, last, tiles_swa, swa_row, k_swa, cmp_row, k_cmp, BLOCK_N)
+        valid, raw_a, raw_b, raw_c, k_r, word = _tile_fetch(
+            tile, tiles_swa, slots, swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size,
+            cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size)
+        k = _kv_tile(raw_a, raw_b, raw_c, k_r, word, NATIVE_FP8)
+        m_i, l_i, acc = _softmax_step(q, valid, k, m_i, l_i, acc, qk_scale, INTERPRET)
 
     if SPLIT:
         # partial rows laid out [T, H, splits] so the combine reads one (t, h) contiguously
         part = (t * num_heads + heads) * num_splits + split
-        acc_row = part_acc_ptr + part[:, None] * 512
-        tl.store(acc_row + tl.arange(0, 256)[None, :], acc_a, mask=hm)
-        tl.store(acc_row + 256 + tl.arange(0, 128)[None, :], acc_b, mask=hm)
-        tl.store(acc_row + 384 + tl.arange(0, 64)[None, :], acc_c, mask=hm)
-        tl.store(acc_row + 448 + tl.arange(0, 64)[None, :], acc_r, mask=hm)
+        tl.store(part_acc_ptr + part[:, None] * 512 + tl.arange(0, 512)[None, :], acc, mask=hm)
         tl.store(part_ml_ptr + part * 2, m_i, mask=head_ok)
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=head_ok)
     else:
         sink2 = tl.load(sink_ptr + heads, mask=head_ok, other=0.0) * _LOG2E
         w = _sink_weight(m_i, l_i, sink2)[:, None]
         out_row = out_ptr + t * out_stride_t + heads.to(tl.int64)[:, None] * out_stride_h
-        tl.store(out_row + tl.arange(0, 256)[None, :], rne_bf16(acc_a * w, INTERPRET), mask=hm)
-        tl.store(out_row + 256 + tl.arange(0, 128)[None, :], rne_bf16(acc_b * w, INTERPRET), mask=hm)
-        tl.store(out_row + 384 + tl.arange(0, 64)[None, :], rne_bf16(acc_c * w, INTERPRET), mask=hm)
-        o_r = _inverse_rope(acc_r * w, cos_ptr + t * cos_stride, sin_ptr + t * sin_stride, INTERPRET)
-        tl.store(out_row + 448 + tl.arange(0, 64)[None, :], o_r, mask=hm)
+        o = _finish_rows(acc, w, cos_ptr + t * cos_stride, sin_ptr + t * sin_stride, INTERPRET)
+        tl.store(out_row + tl.arange(0, 512)[None, :], o, mask=hm)
     tc.pdl_launch_dependents(USE_PDL)
 
 

@@ -128,3 +128,15 @@ def test_upcast_keeps_fp8_and_integers():
     assert up[0].dtype == torch.float64 and up[1].dtype == torch.float8_e4m3fn and up[2].dtype == torch.int32
     assert up[3][0].dtype == torch.float64 and up[4] == 1.5
     assert not math.isnan(float(up[0][0]))
+
+
+def test_view_form_and_broken_reference_are_handled_with_a_note():
+    ref = _fresh((6, 448))
+    unfused = ref.float().reshape(6, 7, 64)             # the subgraph's value, under another view
+    fused = ref.to(torch.bfloat16)
+    c = numerics.check("k_nope", fused, unfused, ref, tolerances.BF16)
+    assert c.passed and c.shape == (6, 448) and "[6, 7, 64]" in c.note and "bfloat16" in c.note
+    broken_ref = ref.clone()
+    broken_ref[0, 0] = float("nan")
+    c = numerics.check("k_nope", fused, fused, broken_ref, tolerances.BF16)
+    assert c.passed and c.rel_l2_unfused is None and "fp64 reference has NaN" in c.note

@@ -87,7 +87,7 @@ def test_zero_tokens_launch_nothing(monkeypatch):
             raise AssertionError("a kernel was launched for T = 0")
 
     monkeypatch.setattr(triton_kernels, "_prenorm_gemm_kernel", NoLaunch())
-    monkeypatch.setattr(triton_kernels, "_mix_finish_kernel", NoLaunch())
+    monkeypatch.setattr(triton_kernels, "_collapse_kernel", NoLaunch())
     args = inputs.mhc_pre_args(0, 48, norm=True)
     out, post, comb = mhc_pre.providers["triton"].impl(*args)
     assert out.shape == (0, 48) and out.dtype == torch.bfloat16

@@ -85,7 +85,7 @@ def check_caches(caches, expected, mask, loc, page_size, expected_values):
         diff = (got.float() - expected).abs()
         row_rms = expected.pow(2).mean(-1, keepdim=True).sqrt()
         assert bool((diff <= (expected.abs() + row_rms) * 2**-3).all()), f"max diff {diff.max().item()}"
-        assert (diff > 0).float().mean().item() <= 1e-2
+        assert diff.numel() == 0 or (diff > 0).float().mean().item() <= 1e-2
     layout = _fp8.PagedLayout(page_size)
     for s in loc.cpu()[valid].tolist():  # the pad byte after the 7 scales is zero
         page, row = divmod(s, page_size)

@@ -140,7 +140,8 @@ def test_compare_tiny_every_site_within_tolerance(tmp_path):
     assert validate(d, COMPARE) == []
     assert d["passed"] and len(d["sites"]) >= 10
     assert all(s["passed"] for s in d["sites"])
-    assert {s["op"] for s in d["sites"]} >= {"mhc_post_pre", "q_norm_rope"}
+    ops = {s["op"] for s in d["sites"]}
+    assert "q_norm_rope" in ops and any(op.startswith("mhc_") for op in ops), ops
     assert f"PASS: {len(d['outputs'])} model output(s) and {len(d['sites'])} site(s) within tolerance" in proc.stdout
 
 

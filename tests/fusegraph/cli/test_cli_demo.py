@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import run_cli, show
 
 
+@pytest.mark.slow
 def test_demo_tiny_part():
     proc = run_cli("demo", "--presets", "-q")
     assert proc.returncode == 0, show(proc)

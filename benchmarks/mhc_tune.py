@@ -1,0 +1,284 @@
+"""Tuning sweep of the mHC Triton kernels on one GPU: each kernel alone and whole ops, per config.
+
+    PYTHONPATH=$PWD python3 -m benchmarks.mhc_tune --out $OUT [--groups copy,pre4k,...]
+
+Times are medians per call under CUDA-graph replay over rotating input sets (cold L2), as in
+``benchmarks/harness.py``. Every whole-op variant is also checked against the fp32 reference
+(max relative L2 error over its outputs). One JSON line per measurement goes to
+``OUT/mhc_tune.jsonl`` as it is taken (a run cut short still leaves its numbers); a table is
+printed at the end. ``--baseline`` also times the pre-tuning kernels when the module
+``fusegraph.kernels.mhc_pre._baseline_triton_kernels`` exists (a copy kept only for the sweep).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from benchmarks.harness import L2_BYTES, measure_copy_bandwidth, max_rel_err, nbytes, time_graph
+from fusegraph.kernels.hc_head.reference import hc_head
+from fusegraph.kernels.mhc_post_pre.reference import mhc_post_pre
+from fusegraph.kernels.mhc_pre import inputs
+from fusegraph.kernels.mhc_pre import triton_kernels as tk
+from fusegraph.kernels.mhc_pre.reference import mhc_pre
+from fusegraph.kernels.mhc_pre.triton_kernels import CollapseConfig, GemmConfig, PostConfig
+
+FLASH, PRO = 4096, 7168
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    T: int
+    D: int
+    us: float
+    mbytes: float
+    tbps: float
+    err: Optional[float] = None
+    note: str = ""
+
+
+class Sweep:
+    def __init__(self, out_dir: str, replays: int) -> None:
+        self.rows: list[Row] = []
+        self.replays = replays
+        self.path = os.path.join(out_dir, "mhc_tune.jsonl")
+        os.makedirs(out_dir, exist_ok=True)
+        self.t0 = time.time()
+
+    def record(self, row: Row) -> Row:
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(asdict(row)) + "\n")
+        err = "" if row.err is None else f" err {row.err:.1e}"
+        print(f"[{time.time() - self.t0:6.1f}s] {row.group:10s} {row.name:44s} T={row.T:<5d} D={row.D}: "
+              f"{row.us:8.2f} us {row.tbps:5.2f} TB/s{err} {row.note}", flush=True)
+        return row
+
+    def time(self, group: str, name: str, T: int, D: int, fn: Callable[..., Any], sets: list[tuple], nbytes_: int,
+             check: Optional[Callable[[tuple], float]] = None, note: str = "") -> Optional[Row]:
+        try:
+            err = check(sets[0]) if check else None
+            us = time_graph(fn, sets, self.replays)
+        except Exception as exc:  # one broken variant must not stop the sweep
+            print(f"  {group} {name} T={T}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            return None
+        return self.record(Row(group, name, T, D, us, nbytes_ / 1e6, nbytes_ / (us * 1e-6) / 1e12, err, note))
+
+
+def make_sets(make: Callable[[int], tuple]) -> list[tuple]:
+    first = make(0)
+    size = max(1, nbytes(first))
+    n = max(2, min(64, math.ceil(2 * L2_BYTES / size)))
+    return [first] + [make(i) for i in range(1, n)]
+
+
+def pre_bytes(T: int, D: int, n_mix: int) -> int:
+    return 2 * T * 4 * D * 2 + T * D * 2 + n_mix * 4 * D * 4
+
+
+def post_pre_bytes(T: int, D: int) -> int:
+    return T * D * 2 + 3 * T * 4 * D * 2 + T * D * 2 + 24 * 4 * D * 4
+
+
+def err_vs(reference: Callable[..., Any], fused: Callable[..., Any]) -> Callable[[tuple], float]:
+    def check(args: tuple) -> float:
+        with torch.no_grad():
+            return max_rel_err(fused(*args), reference(*args))
+    return check
+
+
+# ------------------------------------------------------------------------------------------------
+# groups
+# ------------------------------------------------------------------------------------------------
+def group_copy(sw: Sweep, dev: torch.device) -> None:
+    gbps = measure_copy_bandwidth(dev)
+    sw.record(Row("copy", "copy_ eager 2GiB (harness)", 0, 0, 2 * 2 ** 31 / (gbps * 1e9) * 1e6, 2 * 2 ** 31 / 1e6,
+                  gbps / 1e3))
+    src = torch.empty(2 ** 30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    sw.time("copy", "copy_ 1GiB under graph (old harness)", 0, 0, lambda: dst.copy_(src), [()], 2 * 2 ** 30)
+    a = torch.randn(2 ** 29, device=dev, dtype=torch.bfloat16)
+    b = torch.empty_like(a)
+    sw.time("copy", "bf16 mul kernel 1GiB under graph", 0, 0, lambda: torch.mul(a, 1.0, out=b), [()], 2 * 2 ** 30)
+    del src, dst, a, b
+    torch.cuda.empty_cache()
+
+
+def _gemm_variants(T: int) -> list[GemmConfig]:
+    if T >= 1024:
+        return [
+            GemmConfig(64, 4, 4, 4, "tf32"),
+            GemmConfig(64, 4, 4, 4, "bf16x2"),
+            GemmConfig(64, 4, 8, 4, "bf16x2"),
+            GemmConfig(64, 8, 4, 4, "bf16x2"),
+            GemmConfig(64, 2, 4, 4, "bf16x2"),
+            GemmConfig(64, 4, 4, 6, "bf16x2"),
+            GemmConfig(128, 4, 8, 4, "bf16x2"),
+            GemmConfig(128, 2, 8, 4, "bf16x2"),
+            GemmConfig(128, 4, 8, 3, "tf32"),
+            GemmConfig(64, 4, 4, 4, "bf16x2", sq_2d=True),
+        ]
+    block_m = tk.gemm_block_m(T)
+    splits = [16, 32, 64] if T > 16 else [32, 64, 128]
+    out = [GemmConfig(block_m, s, 4, 3, mma, early_trigger=True) for s in splits for mma in ("tf32", "bf16x2")]
+    out += [GemmConfig(block_m, s, 8, 3, "tf32", early_trigger=True) for s in splits[:2]]
+    return out
+
+
+def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool = False) -> None:
+    """mhc_pre+norm (or hc_head+norm): old op, kernel 1 / kernel 2 alone per config, then the best pair."""
+    tag = ("head" if head else "pre") + str(T)
+    n_mix = 4 if head else 24
+    make_args = inputs.hc_head_args if head else inputs.mhc_pre_args
+    forward = tk.hc_head_forward if head else tk.mhc_pre_forward
+    reference = hc_head.reference if head else mhc_pre.reference
+    sets = make_sets(lambda i: make_args(T, D, device=dev, norm=True, seed=i))
+    full_bytes = pre_bytes(T, D, n_mix)
+    if old is not None:
+        old_fwd = old.hc_head_forward if head else old.mhc_pre_forward
+        sw.time(tag, "OLD full op", T, D, old_fwd, sets, full_bytes, err_vs(reference, old_fwd))
+        if T >= 1024:
+            def old_gemm(*a):
+                return old.prenorm_gemm(a[0].view(T, 4 * D), a[1], old.HEAD_PAD if head else old.MIX_PAD)
+            sw.time(tag, "OLD kernel1 gemm", T, D, old_gemm, sets, T * 4 * D * 2 + n_mix * 4 * D * 4)
+            parts = [old_gemm(*a) for a in sets]
+            fin_sets = [a + p for a, p in zip(sets, parts)]
+
+            def old_fin(*a):
+                return old.mix_finish(a[0], a[-2], a[-1], a[2], a[3], a[4], a[5], a[6], a[7],
+                                      1 if head else a[8], 1.0 if head else a[9], not head)
+            sw.time(tag, "OLD kernel2 finish", T, D, old_fin, fin_sets, T * 4 * D * 2 + T * D * 2)
+            del parts, fin_sets
+    default = tk.gemm_config(T, 4 * D, dev)
+    sw.time(tag, f"NEW full default {default}", T, D, forward, sets, full_bytes, err_vs(reference, forward))
+
+    # kernel 1 alone
+    best_gemm: tuple[float, GemmConfig] = (float("inf"), default)
+    for cfg in _gemm_variants(T) + [default]:
+        def k1(*a, cfg=cfg):
+            return tk.prenorm_mix(a[0].view(T, 4 * D), a[1], a[2], a[3], a[5], a[6], 2.0, 20, cfg)
+        if T >= 1024:
+            r = sw.time(tag, f"k1 {cfg.block_m}/S{cfg.n_splits}/w{cfg.num_warps}/st{cfg.num_stages}/{cfg.mma}"
+                        f"{'/sq2d' if cfg.sq_2d else ''}", T, D, k1, sets, T * 4 * D * 2 + n_mix * 4 * D * 4)
+            if r and r.us < best_gemm[0]:
+                best_gemm = (r.us, cfg)
+        else:  # small T: whole op per config (launch overlap matters)
+            def full(*a, cfg=cfg):
+                return forward(*a, gemm_cfg=cfg)
+            r = sw.time(tag, f"full {cfg.block_m}/S{cfg.n_splits}/w{cfg.num_warps}/st{cfg.num_stages}/{cfg.mma}",
+                        T, D, full, sets, full_bytes, err_vs(reference, full))
+            if r and r.us < best_gemm[0] and (r.err or 0) < 2e-3:
+                best_gemm = (r.us, cfg)
+
+    # kernel 2 alone
+    best_col: tuple[float, CollapseConfig] = (float("inf"), tk.collapse_config(D))
+    if T >= 1024:
+        pres = [tk.prenorm_mix(a[0].view(T, 4 * D), a[1], a[2], a[3], a[5], a[6], 2.0, 20, default)[0] for a in sets]
+        col_sets = [a + (p,) for a, p in zip(sets, pres)]
+        bd = tk.collapse_config(D).block_d
+        for warps in (4, 8, 16):
+            cfg = CollapseConfig(bd, 1, warps)
+
+            def k2(*a, cfg=cfg):
+                return tk.collapse(a[0], a[-1], a[4], a[7], True, cfg)
+            r = sw.time(tag, f"k2 collapse bd{bd}/w{warps}", T, D, k2, col_sets, T * 4 * D * 2 + T * D * 2)
+            if r and r.us < best_col[0]:
+                best_col = (r.us, cfg)
+        del pres, col_sets
+
+    def best(*a):
+        return forward(*a, gemm_cfg=best_gemm[1], collapse_cfg=best_col[1])
+    sw.time(tag, f"NEW full best {best_gemm[1]} {best_col[1]}", T, D, best, sets, full_bytes, err_vs(reference, best))
+
+
+def _post_variants(T: int) -> list[PostConfig]:
+    if T >= 1024:
+        return [
+            PostConfig(64, 32, 4, 8, 2, "tf32"),
+            PostConfig(64, 64, 4, 8, 2, "tf32"),
+            PostConfig(64, 64, 4, 8, 2, "bf16x2"),
+            PostConfig(32, 64, 8, 4, 3, "tf32"),
+            PostConfig(32, 128, 8, 8, 2, "tf32"),
+            PostConfig(64, 32, 8, 8, 2, "tf32"),
+            PostConfig(16, 128, 8, 4, 2, "tf32"),
+        ]
+    block_m = tk.gemm_block_m(T)
+    return [PostConfig(block_m, bd, s, 4, 3, "tf32") for bd in (32, 64) for s in (16, 32, 64)]
+
+
+def group_post_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any) -> None:
+    tag = f"postpre{T}"
+    sets = make_sets(lambda i: inputs.mhc_post_pre_args(T, D, device=dev, norm=True, seed=i))
+    full_bytes = post_pre_bytes(T, D)
+    ref = mhc_post_pre.reference
+    if old is not None:
+        sw.time(tag, "OLD full op", T, D, old.mhc_post_pre_forward, sets, full_bytes, err_vs(ref, old.mhc_post_pre_forward))
+    fwd = tk.mhc_post_pre_forward
+    sw.time(tag, "NEW full default", T, D, fwd, sets, full_bytes, err_vs(ref, fwd))
+    sw.time(tag, "mhc_post alone (reference point)", T, D, lambda *a: tk.mhc_post_forward(*a[:4]), sets,
+            T * D * 2 + 2 * T * 4 * D * 2)
+    best: tuple[float, Optional[PostConfig]] = (float("inf"), None)
+    for cfg in _post_variants(T):
+        def full(*a, cfg=cfg):
+            return fwd(*a, post_cfg=cfg)
+        r = sw.time(tag, f"full post {cfg.block_m}/bd{cfg.block_d}/S{cfg.n_splits}/w{cfg.num_warps}/"
+                    f"st{cfg.num_stages}/{cfg.mma}", T, D, full, sets, full_bytes, err_vs(ref, full))
+        if r and r.us < best[0] and (r.err or 0) < 2e-3:
+            best = (r.us, cfg)
+    print(f"  best post config T={T} D={D}: {best}", flush=True)
+
+
+GROUPS = ("copy", "pre4k", "head4k", "postpre4k", "pro4k", "small")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/mhc_tune"))
+    p.add_argument("--groups", default=",".join(GROUPS))
+    p.add_argument("--replays", type=int, default=20)
+    p.add_argument("--baseline", action="store_true")
+    args = p.parse_args()
+    dev = torch.device("cuda", torch.cuda.current_device())
+    old = None
+    if args.baseline:
+        try:
+            old = importlib.import_module("fusegraph.kernels.mhc_pre._baseline_triton_kernels")
+        except ImportError:
+            print("no baseline module", flush=True)
+    sw = Sweep(args.out, args.replays)
+    print(torch.cuda.get_device_name(dev), torch.__version__, flush=True)
+    groups = args.groups.split(",")
+    with torch.no_grad():
+        if "copy" in groups:
+            group_copy(sw, dev)
+        if "pre4k" in groups:
+            group_pre(sw, dev, 4096, FLASH, old)
+        if "head4k" in groups:
+            group_pre(sw, dev, 4096, FLASH, old, head=True)
+        if "postpre4k" in groups:
+            group_post_pre(sw, dev, 4096, FLASH, old)
+        if "small" in groups:
+            for T in (1, 32):
+                group_pre(sw, dev, T, FLASH, old)
+                group_pre(sw, dev, T, FLASH, old, head=True)
+                group_post_pre(sw, dev, T, FLASH, old)
+        if "pro4k" in groups:
+            group_pre(sw, dev, 4096, PRO, old)
+            group_post_pre(sw, dev, 4096, PRO, old)
+    print("\n== summary ==")
+    for r in sw.rows:
+        err = "" if r.err is None else f"{r.err:.1e}"
+        print(f"{r.group:10s} {r.name:60.60s} {r.us:9.2f} us {r.tbps:5.2f} TB/s {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""Triton jit code of the mHC family (launch sizing and the ops are in ``triton_kernels.py``).
+
+Two kernels per op (spec 2.1-2.6, kernel-anchors sections 1-3, 11):
+
+``_prenorm_gemm_kernel`` (mhc_pre, hc_head) / ``_post_mix_kernel`` with ``FUSE_GEMM`` (mhc_post_pre)
+    Kernel 1. Split-K GEMM of the bf16 residual row ``[T, 4D]`` with ``fn^T`` plus the sum of
+    squares from the same registers; program ``pid`` is token block ``pid // S``, split ``pid % S``.
+    Each split stores its partials mix-major (``part[s, n, t]``, ``sq[s, t]``: a token block's
+    column of one mix is contiguous). Then the *last split to arrive* at a token block (an
+    atomic ticket per block, reset by that program: no memset launch, deterministic order of
+    the split sum) reduces the block's partials and computes, one token per thread and all in
+    registers, the RMS factor, the sigmoids and the 20-iteration Sinkhorn (16 scalars per
+    token, no cross-thread traffic). It writes ``post``, ``comb`` and a ``pre [T, 4]`` workspace.
+
+``_collapse_kernel``
+    Kernel 2, a pure stream: ``out[t] = bf16(sum_c pre[t, c] * x[t, c])`` (+ RMSNorm), one token
+    per program, tokens in reverse order (rows kernel 1 read last are the likeliest L2 hits).
+    With ``ROW_EARLY`` (mhc_pre, hc_head: kernel 1 does not write the residual) the row is
+    requested *before* the PDL wait, so its latency overlaps kernel 1's tail.
+
+GEMM modes (``MMA``): ``"tf32"`` (bf16 x exact in TF32, fn rounded: DeepGEMM's numerics),
+``"bf16x2"`` (fn split in-kernel into bf16 hi + lo, two bf16 MMAs on the raw bf16 tile: more
+precise than TF32 and no conversion of the activation tile) and ``"ieee"`` (exact fp32; the
+interpreter and non-NVIDIA targets).
+
+PDL: every kernel waits before its first read of anything a predecessor wrote and releases
+its dependents after its last store, or right after the wait with ``EARLY_TRIGGER`` (only when
+the whole grid is resident at once: kernel 2 then launches while kernel 1 runs and prefetches).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fusegraph.kernels import _triton_common as tc
+
+
+# ---------------------------------------------------------------------------------------------
+# per-token math of the finishing program (tokens along threads, everything elementwise)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _softmax4(a, b, c, d, eps):
+    m = tl.maximum(tl.maximum(a, b), tl.maximum(c, d))
+    a = tl.exp(a - m)
+    b = tl.exp(b - m)
+    c = tl.exp(c - m)
+    d = tl.exp(d - m)
+    r = 1.0 / (a + b + c + d)
+    return a * r + eps, b * r + eps, c * r + eps, d * r + eps
+
+
+@triton.jit
+def _scale4(a, b, c, d, eps):
+    """Divide four values by their sum + eps (one division, four products)."""
+    r = 1.0 / (a + b + c + d + eps)
+    return a * r, b * r, c * r, d * r
+
+
+@triton.jit
+def _sinkhorn16(m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33, iters, eps):
+    """Sinkhorn (spec 2.1 step 5) on 4x4 matrices held as 16 same-layout vectors (one entry of
+    every token's matrix each): row softmax + eps, column normalization, then ``iters - 1``
+    row/column rounds. Row j is ``mj0..mj3``; column k is ``m0k..m3k``."""
+    m00, m01, m02, m03 = _softmax4(m00, m01, m02, m03, eps)
+    m10, m11, m12, m13 = _softmax4(m10, m11, m12, m13, eps)
+    m20, m21, m22, m23 = _softmax4(m20, m21, m22, m23, eps)
+    m30, m31, m32, m33 = _softmax4(m30, m31, m32, m33, eps)
+    m00, m10, m20, m30 = _scale4(m00, m10, m20, m30, eps)
+    m01, m11, m21, m31 = _scale4(m01, m11, m21, m31, eps)
+    m02, m12, m22, m32 = _scale4(m02, m12, m22, m32, eps)
+    m03, m13, m23, m33 = _scale4(m03, m13, m23, m33, eps)
+    for _ in range(iters - 1):
+        m00, m01, m02, m03 = _scale4(m00, m01, m02, m03, eps)
+        m10, m11, m12, m13 = _scale4(m10, m11, m12, m13, eps)
+        m20, m21, m22, m23 = _scale4(m20, m21, m22, m23, eps)
+        m30, m31, m32, m33 = _scale4(m30, m31, m32, m33, eps)
+        m00, m10, m20, m30 = _scale4(m00, m10, m20, m30, eps)
+        m01, m11, m21, m31 = _scale4(m01, m11, m21, m31, eps)
+        m02, m12, m22, m32 = _scale4(m02, m12, m22, m32, eps)
+        m03, m13, m23, m33 = _scale4(m03, m13, m23, m33, eps)
+    return m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33
+
+
+@triton.jit
+def _mix(G, n_idx, j: tl.constexpr):
+    """Row ``j`` of the reduced partials ``G [N_PAD, FIN_M]`` (a masked sum: Triton cannot index)."""
+    return tl.sum(tl.where(n_idx[:, None] == j, G, 0.0), axis=0)
+
+
+@triton.jit
+def _logit(G, n_idx, j: tl.constexpr, rinv, s2, base_ptr):
+    return _mix(G, n_idx, j) * rinv * s2 + tl.load(base_ptr + j)
+
+
+@triton.jit
+def _finish_block(part_ptr, sq_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, row0, T, K, n_splits,
+                  rms_eps, hc_eps, post_mult, sinkhorn_iters,
+                  N: tl.constexpr, N_PAD: tl.constexpr, FIN_M: tl.constexpr, S_CHUNK: tl.constexpr,
+                  N_S_CHUNKS: tl.constexpr):
+    """Reduce the split partials of tokens ``row0 .. row0 + FIN_M`` and write pre (+ post, comb)."""
+    toks = row0 + tl.arange(0, FIN_M)
+    t_ok = toks < T
+    n_idx = tl.arange(0, N_PAD)
+    ss = tl.arange(0, S_CHUNK)
+    G = tl.zeros((N_PAD, FIN_M), dtype=tl.float32)
+    SQ = tl.zeros((S_CHUNK, FIN_M), dtype=tl.float32)
+    for c in range(N_S_CHUNKS):  # rolled: an unrolled loop hoists every chunk's loads and spills
+        s = c * S_CHUNK + ss
+        s_ok = s < n_splits
+        offs = (s[:, None, None] * N + n_idx[None, :, None]).to(tl.int64) * T + toks[None, None, :]
+        m = s_ok[:, None, None] & (n_idx < N)[None, :, None] & t_ok[None, None, :]
+        # .cg: other programs wrote these (L1 is not coherent)
+        G += tl.sum(tl.load(part_ptr + offs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+        SQ += tl.load(sq_ptr + s[:, None].to(tl.int64) * T + toks[None, :], mask=s_ok[:, None] & t_ok[None, :],
+                      other=0.0, cache_modifier=".cg")
+    rinv = tl.math.rsqrt(tl.sum(SQ, axis=0) / K + rms_eps)
+    rowp = toks.to(tl.int64) * 4
+    s0 = tl.load(scale_ptr)
+    for c in tl.static_range(4):
+        pre = tl.sigmoid(_mix(G, n_idx, c) * rinv * s0 + tl.load(base_ptr + c)) + hc_eps
+        tl.store(pre_ptr + rowp + c, pre, mask=t_ok)
+    if N == 24:
+        s1 = tl.load(scale_ptr + 1)
+        for c in tl.static_range(4):
+            post = tl.sigmoid(_mix(G, n_idx, 4 + c) * rinv * s1 + tl.load(base_ptr + 4 + c)) * post_mult
+            tl.store(post_ptr + rowp + c, post, mask=t_ok)
+        s2 = tl.load(scale_ptr + 2)
+        m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33 = _sinkhorn16(
+            _logit(G, n_idx, 8, rinv, s2, base_ptr), _logit(G, n_idx, 9, rinv, s2, base_ptr),
+            _logit(G, n_idx, 10, rinv, s2, base_ptr), _logit(G, n_idx, 11, rinv, s2, base_ptr),
+            _logit(G, n_idx, 12, rinv, s2, base_ptr), _logit(G, n_idx, 13, rinv, s2, base_ptr),
+            _logit(G, n_idx, 14, rinv, s2, base_ptr), _logit(G, n_idx, 15, rinv, s2, base_ptr),
+            _logit(G, n_idx, 16, rinv, s2, base_ptr), _logit(G, n_idx, 17, rinv, s2, base_ptr),
+            _logit(G, n_idx, 18, rinv, s2, base_ptr), _logit(G, n_idx, 19, rinv, s2, base_ptr),
+            _logit(G, n_idx, 20, rinv, s2, base_ptr), _logit(G, n_idx, 21, rinv, s2, base_ptr),
+            _logit(G, n_idx, 22, rinv, s2, base_ptr), _logit(G, n_idx, 23, rinv, s2, base_ptr),
+            sinkhorn_iters, hc_eps)
+        cp = comb_ptr + toks.to(tl.int64) * 16
+        tl.store(cp + 0, m00, mask=t_ok)
+        tl.store(cp + 1, m01, mask=t_ok)
+        tl.store(cp + 2, m02, mask=t_ok)
+        tl.store(cp + 3, m03, mask=t_ok)
+        tl.store(cp + 4, m10, mask=t_ok)
+        tl.store(cp + 5, m11, mask=t_ok)
+        tl.store(cp + 6, m12, mask=t_ok)
+        tl.store(cp + 7, m13, mask=t_ok)
+        tl.store(cp + 8, m20, mask=t_ok)
+        tl.store(cp + 9, m21, mask=t_ok)
+        tl.store(cp + 10, m22, mask=t_ok)
+        tl.store(cp + 11, m23, mask=t_ok)
+        tl.store(cp + 12, m30, mask=t_ok)
+        tl.store(cp + 13, m31, mask=t_ok)
+        tl.store(cp + 14, m32, mask=t_ok)
+        tl.store(cp + 15, m33, mask=t_ok)
+
+
+@triton.jit
+def _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr,
+                               mblk, split, T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+                               N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr):
+    """Store this split's partials; the last split of the token block then finishes the block."""
+    rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < T
+    ns = tl.arange(0, BLOCK_N)
+    offs = (split * N + ns[None, :]).to(tl.int64) * T + rows[:, None]
+    tl.store(part_ptr + offs, acc, mask=row_ok[:, None] & (ns < N)[None, :])
+    tl.store(sq_ptr + split.to(tl.int64) * T + rows, sq, mask=row_ok)
+    # every thread's stores are issued before the (single-thread, gpu-scope release) ticket;
+    # the acquire side is the ticket's acq_rel plus the barrier Triton puts after a scalar atomic
+    tl.debug_barrier()
+    ticket = tl.atomic_add(cnt_ptr + mblk, 1, sem="acq_rel", scope="gpu")
+    if ticket == n_splits - 1:
+        _finish_block(part_ptr, sq_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, mblk * BLOCK_M, T, K,
+                      n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters, N, N_PAD, FIN_M, S_CHUNK, N_S_CHUNKS)
+        tl.atomic_xchg(cnt_ptr + mblk, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel 1: split-K prenorm GEMM (+ finishing)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr,
+                         T, K, n_splits, kb_per_split, kb_rem, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+                         N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr,
+                         MMA: tl.constexpr, SQ_2D: tl.constexpr, USE_PDL: tl.constexpr, EARLY_TRIGGER: tl.constexpr):
+    pid = tl.program_id(0)
+    mblk = pid // n_splits
+    split = pid % n_splits
+    kb_begin = split * kb_per_split + tl.minimum(split, kb_rem)
+    kb_count = kb_per_split + (split < kb_rem).to(tl.int32)
+
+    rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    # rows past T re-read row T-1 (their results are never stored): the loads need no mask
+    x_rows = x_ptr + tl.minimum(rows, T - 1).to(tl.int64)[:, None] * K
+    ns = tl.arange(0, BLOCK_N)
+    w_cols = w_ptr + ns[None, :] * K
+    w_mask = (ns < N)[None, :]
+    ks = tl.arange(0, BLOCK_K)  # K % BLOCK_K == 0 (D % 16 == 0, gates.D_MULTIPLE): no k mask
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SQ_2D:
+        sq2 = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    else:
+        sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    tc.pdl_wait(USE_PDL)
+    if EARLY_TRIGGER:
+        tc.pdl_launch_dependents(USE_PDL)
+    for i in range(kb_count):
+        k = (kb_begin + i) * BLOCK_K + ks
+        a = tl.load(x_rows + k[None, :])
+        b = tl.load(w_cols + k[:, None], mask=w_mask, other=0.0)
+        af = a.to(tl.float32)
+        if SQ_2D:
+            sq2 += af * af
+        else:
+            sq += tl.sum(af * af, axis=1)
+        if MMA == "bf16x2":
+            b_hi = b.to(tl.bfloat16)
+            b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
+            acc = tl.dot(a, b_hi, acc)
+            acc = tl.dot(a, b_lo, acc)
+        else:
+            acc = tl.dot(af, b, acc, input_precision=MMA)
+    if SQ_2D:
+        sq = tl.sum(sq2, axis=1)
+
+    _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr,
+                               mblk, split, T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+                               N, N_PAD, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS)
+    if not EARLY_TRIGGER:
+        tc.pdl_launch_dependents(USE_PDL)
+
+
+# ---------------------------------------------------------------------------------------------
+# mhc_post (+ the next pre's split-K GEMM and finishing)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr,
+                     scale_ptr, base_ptr, pre_ptr, post_out_ptr, comb_out_ptr,
+                     T, D, n_splits, db_per_split, db_rem, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                     FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr,
+                     FUSE_GEMM: tl.constexpr, MMA: tl.constexpr, USE_PDL: tl.constexpr):
+    """``out[t,k,d] = post[t,k] * f[t,d] + sum_j comb[t,j,k] * residual[t,j,d]``; with ``FUSE_GEMM``
+    the bf16-rounded new residual (what the next pre reads) also feeds the next pre's GEMM."""
+    pid = tl.program_id(0)
+    mblk = pid // n_splits
+    split = pid % n_splits
+    db_begin = split * db_per_split + tl.minimum(split, db_rem)
+    db_count = db_per_split + (split < db_rem).to(tl.int32)
+
+    row0 = mblk * BLOCK_M
+    lrows = tl.arange(0, BLOCK_M)
+    rows = row0 + lrows
+    row_ok = rows < T
+    # 64-bit base pointers per token block, 32-bit offsets inside it (keeps pointer tiles small)
+    f_blk = f_ptr + row0.to(tl.int64) * D
+    r_blk = res_ptr + row0.to(tl.int64) * (4 * D)
+    o_blk = out_ptr + row0.to(tl.int64) * (4 * D)
+    f_off = lrows[:, None] * D
+    r_off = lrows[:, None] * (4 * D)
+    pp = post_ptr + rows.to(tl.int64) * 4
+    cp = comb_ptr + rows.to(tl.int64) * 16
+    ds = tl.arange(0, BLOCK_D)
+    if FUSE_GEMM:
+        ns = tl.arange(0, BLOCK_N)
+        n_ok = ns < 24
+        w_off = ns[None, :] * (4 * D)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+
+    tc.pdl_wait(USE_PDL)
+    for i in range(db_count):
+        d = (db_begin + i) * BLOCK_D + ds
+        d_ok = d < D
+        m2 = row_ok[:, None] & d_ok[None, :]
+        f = tl.load(f_blk + (f_off + d[None, :]), mask=m2, other=0.0).to(tl.float32)
+        r0 = tl.load(r_blk + (r_off + d[None, :]), mask=m2, other=0.0).to(tl.float32)
+        r1 = tl.load(r_blk + (r_off + (D + d)[None, :]), mask=m2, other=0.0).to(tl.float32)
+        r2 = tl.load(r_blk + (r_off + (2 * D + d)[None, :]), mask=m2, other=0.0).to(tl.float32)
+        r3 = tl.load(r_blk + (r_off + (3 * D + d)[None, :]), mask=m2, other=0.0).to(tl.float32)
+        # a rolled loop over the output streams: unrolled, the four tl.dot's doubled the registers
+        for k in range(4):
+            ck = cp + k  # column k of comb: comb[:, j, k] at ck + 4*j
+            o = tl.load(pp + k, mask=row_ok, other=0.0)[:, None] * f + (
+                tl.load(ck, mask=row_ok, other=0.0)[:, None] * r0
+                + tl.load(ck + 4, mask=row_ok, other=0.0)[:, None] * r1
+                + tl.load(ck + 8, mask=row_ok, other=0.0)[:, None] * r2
+                + tl.load(ck + 12, mask=row_ok, other=0.0)[:, None] * r3)
+            ob = o.to(out_ptr.dtype.element_ty)
+            tl.store(o_blk + (r_off + (k * D + d)[None, :]), ob, mask=m2)
+            if FUSE_GEMM:
+                # the next pre reads the bf16 residual: feed it the rounded values
+                ov = ob.to(tl.float32)
+                sq += tl.sum(ov * ov, axis=1)
+                wk = tl.load(w_ptr + (w_off + (k * D + d)[:, None]), mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+                if MMA == "bf16x2":
+                    w_hi = wk.to(tl.bfloat16)
+                    w_lo = (wk - w_hi.to(tl.float32)).to(tl.bfloat16)
+                    acc = tl.dot(ob, w_hi, acc)
+                    acc = tl.dot(ob, w_lo, acc)
+                else:
+                    acc = tl.dot(ov, wk, acc, input_precision=MMA)
+
+    if FUSE_GEMM:
+        _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_out_ptr,
+                                   comb_out_ptr, mblk, split, T, 4 * D, n_splits, rms_eps, hc_eps, post_mult,
+                                   sinkhorn_iters, 24, 32, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS)
+    tc.pdl_launch_dependents(USE_PDL)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel 2: weighted collapse of the 4 streams (+ RMSNorm)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _load_streams(x_row, d, d_ok, D):
+    x0 = tl.load(x_row + d, mask=d_ok, other=0.0)
+    x1 = tl.load(x_row + D + d, mask=d_ok, other=0.0)
+    x2 = tl.load(x_row + 2 * D + d, mask=d_ok, other=0.0)
+    x3 = tl.load(x_row + 3 * D + d, mask=d_ok, other=0.0)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _collapse_kernel(res_ptr, pre_ptr, norm_w_ptr, out_ptr, T, D, norm_eps,
+                     BLOCK_D: tl.constexpr, NUM_CHUNKS: tl.constexpr, HAS_NORM: tl.constexpr,
+                     ROW_EARLY: tl.constexpr, USE_PDL: tl.constexpr):
+    t = T - 1 - tl.program_id(0)  # reverse order: rows kernel 1 read last are still in L2
+    t64 = t.to(tl.int64)
+    x_row = res_ptr + t64 * (4 * D)
+    out_row = out_ptr + t64 * D
+    ds = tl.arange(0, BLOCK_D)
+    if NUM_CHUNKS == 1:
+        d_ok = ds < D
+        if ROW_EARLY:  # the predecessor does not write the residual: request the row before the wait
+            x0, x1, x2, x3 = _load_streams(x_row, ds, d_ok, D)
+            tc.pdl_wait(USE_PDL)
+        else:
+            tc.pdl_wait(USE_PDL)
+            x0, x1, x2, x3 = _load_streams(x_row, ds, d_ok, D)
+        p = pre_ptr + t64 * 4
+        y = (tl.load(p) * x0.to(tl.float32) + tl.load(p + 1) * x1.to(tl.float32)
+             + tl.load(p + 2) * x2.to(tl.float32) + tl.load(p + 3) * x3.to(tl.float32))
+        yb = y.to(out_ptr.dtype.element_ty)
+        if HAS_NORM:
+            v = yb.to(tl.float32)
+            r = tl.math.rsqrt(tl.sum(v * v, axis=0) / D + norm_eps)
+            w = tl.load(norm_w_ptr + ds, mask=d_ok, other=0.0).to(tl.float32)
+            yb = (v * r * w).to(out_ptr.dtype.element_ty)
+        tl.store(out_row + ds, yb, mask=d_ok)
+    else:
+        tc.pdl_wait(USE_PDL)
+        p = pre_ptr + t64 * 4
+        p0 = tl.load(p)
+        p1 = tl.load(p + 1)
+        p2 = tl.load(p + 2)
+        p3 = tl.load(p + 3)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for c in range(NUM_CHUNKS):
+            d = c * BLOCK_D + ds
+            d_ok = d < D
+            x0, x1, x2, x3 = _load_streams(x_row, d, d_ok, D)
+            y = p0 * x0.to(tl.float32) + p1 * x1.to(tl.float32) + p2 * x2.to(tl.float32) + p3 * x3.to(tl.float32)
+            yb = y.to(out_ptr.dtype.element_ty)
+            tl.store(out_row + d, yb, mask=d_ok)
+            if HAS_NORM:
+                v = yb.to(tl.float32)
+                acc += v * v
+        if HAS_NORM:
+            r = tl.math.rsqrt(tl.sum(acc, axis=0) / D + norm_eps)
+            tl.debug_barrier()  # the bf16 row written above is read back below
+            for c in range(NUM_CHUNKS):
+                d = c * BLOCK_D + ds
+                d_ok = d < D
+                v = tl.load(out_row + d, mask=d_ok, other=0.0).to(tl.float32)
+                w = tl.load(norm_w_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+                tl.store(out_row + d, (v * r * w).to(out_ptr.dtype.element_ty), mask=d_ok)
+    tc.pdl_launch_dependents(USE_PDL)

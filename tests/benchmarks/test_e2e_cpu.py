@@ -1,0 +1,279 @@
+"""CPU tests of the end-to-end benchmark (``benchmarks/e2e.py``, ``benchmarks/plot.py``).
+
+* the dry path (``--dry-run``): one ``tiny`` layer built, compiled by every variant, run once on CPU;
+  the JSON must show every variant within tolerance, every fused site called (also inside
+  torch.compile), no graph break, a passing torch.export check and a fusable-part check whose fused
+  calls agree with the regions they replace;
+* the pieces that decide what is reported: goals, stack sums, the compile-time projection, the
+  region graph, plot and markdown output, merging of result files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:  # benchmarks/ is a top-level folder of the checkout, not an installed package
+    sys.path.insert(0, ROOT)
+
+from benchmarks import e2e, plot  # noqa: E402
+
+
+# -- the dry path --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "dry.json"
+    argv = ["--dry-run", "--ratios", "4", "--T", "8", "--variants", "eager,fusegraph,fusegraph_compile",
+            "--compile-backend", "eager", "--out", str(out)]
+    try:
+        rc = e2e.main(argv)
+    finally:
+        torch._dynamo.reset()
+    with open(out) as f:
+        return rc, json.load(f)
+
+
+@pytest.mark.slow
+def test_dry_run_every_variant_runs_and_agrees(dry_run):
+    rc, data = dry_run
+    assert data["schema"] == e2e.SCHEMA
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"eager", "fusegraph", "fusegraph_compile"}
+    for r in rows.values():
+        assert not r["error"] and not r["skipped"], r
+        assert r["within_tolerance"] is True, r
+        assert r["rel_l2"] is not None and math.isfinite(r["rel_l2"])
+        assert (r["layer"], r["ratio"], r["T"]) == (0, 4, 8)
+    assert rc == 0
+
+
+@pytest.mark.slow
+def test_dry_run_fused_ops_are_called_and_opaque(dry_run):
+    _, data = dry_run
+    rows = {r["variant"]: r for r in data["rows"]}
+    n_sites = sum(rows["fusegraph"]["sites"].values())
+    assert n_sites >= 5  # mhc pre/post, q and kv norm-rope, compressor pooling at least
+    assert rows["fusegraph"]["fused_calls"] == n_sites
+    assert rows["fusegraph_compile"]["fused_calls"] == n_sites      # opaque inside torch.compile
+    assert rows["fusegraph_compile"]["graph_breaks"] == 0
+    assert rows["eager"]["fused_calls"] == 0
+
+
+@pytest.mark.slow
+def test_dry_run_export_and_fusable_part(dry_run):
+    _, data = dry_run
+    (export,) = [c for c in data["checks"] if c["name"] == "export"]
+    assert export["passed"] is True, export["detail"]
+    (part,) = data["fusable"]
+    assert not part["error"], part["error"]
+    assert part["nodes_replaced"] > 20 and part["outputs_checked"] >= 5
+    assert part["outputs_within_tolerance"] is True, part["check_reason"]
+    assert "sparse_attn_sink" not in part["sites"]
+    goals = {g["name"]: g["passed"] for g in data["goals"]}
+    assert all(v is not False for v in goals.values()), data["goals"]
+    assert goals["torch.export of the fused graph"] is True
+
+
+def test_cli_without_gpu_exits_2(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert e2e.main(["--T", "1"]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+
+
+def test_parse_args_modes():
+    dry = e2e.parse_args(["--dry-run"])
+    assert (dry.preset, dry.device, dry.timing, dry.tokens, dry.compile_backend) == ("tiny", "cpu", False, [8], "aot_eager")
+    quick = e2e.parse_args(["--quick"])
+    assert quick.tokens == [1, 4096] and quick.time_budget is not None and quick.timing
+    full = e2e.parse_args([])
+    assert full.tokens == [1, 8, 64, 4096, 16384] and full.ratios == [0, 4, 128] and full.variants == list(e2e.VARIANTS)
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--ratios", "2"])
+
+
+# -- what gets reported --------------------------------------------------------------------------
+def _result(rows, fusable=(), checks=(), pdl_supported=True):
+    return e2e.RunResult(meta={"pdl_supported": pdl_supported, "device": "H100", "git_commit": "abc123",
+                               "model": {"preset": "flash"}},
+                         layers=[{"index": 0, "ratio": 0}, {"index": 1, "ratio": 4}],
+                         rows=list(rows), fusable=list(fusable), checks=list(checks))
+
+
+def _opts(**kw):
+    opts = e2e.parse_args(["--T", "1,4096"])
+    for k, v in kw.items():
+        setattr(opts, k, v)
+    return opts
+
+
+def test_goals_decode_fusable_part_and_prefill():
+    parts = [e2e.FusablePart(0, 0, 1, compile_graph_us=30.0, fused_graph_us=6.0),
+             e2e.FusablePart(1, 4, 1, compile_graph_us=40.0, fused_graph_us=16.0)]   # 2.5x: misses 3x
+    rows = []
+    for layer, ratio in ((0, 0), (1, 4)):
+        rows.append(e2e.Row(layer, ratio, 4096, "compile", None, stream_us=1300.0))
+        rows.append(e2e.Row(layer, ratio, 4096, "fusegraph", True, stream_us=1000.0 if layer == 0 else 900.0))
+        rows.append(e2e.Row(layer, ratio, 4096, "fusegraph_compile", True, stream_us=1100.0))
+        rows.append(e2e.Row(layer, ratio, 4096, "fusegraph", False, stream_us=10.0))  # PDL off: not the goal's
+    goals = {g.name: g for g in e2e.evaluate_goals(_result(rows, parts), _opts())}
+    decode = goals["decode fusable part, T=1"]
+    assert decode.passed is False and decode.value == pytest.approx(2.5)
+    prefill = goals["prefill whole layer, T=4096"]
+    assert prefill.value == pytest.approx(1.3) and prefill.passed is True   # worst layer: 1300 / 1000
+    parts[1].fused_graph_us = 10.0
+    goals = {g.name: g for g in e2e.evaluate_goals(_result(rows, parts), _opts())}
+    assert goals["decode fusable part, T=1"].passed is True
+
+
+def test_goals_flag_graph_breaks_lost_fused_calls_replay_and_tolerance():
+    rows = [e2e.Row(0, 0, 1, "fusegraph_compile", True, graph_breaks=2, fused_calls=3, sites={"mhc_post": 4},
+                    replay_matches=False, replay_rel_l2=0.5, within_tolerance=False),
+            e2e.Row(1, 4, 1, "fusegraph", True, fused_calls=4, sites={"mhc_post": 4}, replay_matches=True,
+                    replay_rel_l2=0.0, within_tolerance=True)]
+    checks = [e2e.Check("export", 0, 1, False, "boom")]
+    goals = {g.name: g for g in e2e.evaluate_goals(_result(rows, checks=checks), _opts())}
+    assert goals["torch.compile(fusegraph) without graph breaks"].passed is False
+    assert goals["fused ops stay opaque inside torch.compile"].passed is False
+    assert goals["CUDA-graph replay equals the plain run (fused variants)"].passed is False
+    assert goals["outputs within the compare tool's tolerances"].passed is False
+    assert goals["torch.export of the fused graph"].passed is False
+    assert goals["decode fusable part, T=1"].passed is None      # not measured is not a pass
+
+
+def test_stack_rows_sum_layers_only_when_all_measured():
+    rows = [e2e.Row(0, 0, 1, "compile", None, stream_us=10.0, graph_us=4.0, gpu_ops=30, gpu_us=3.0),
+            e2e.Row(1, 4, 1, "compile", None, stream_us=20.0, graph_us=6.0, gpu_ops=50, gpu_us=5.0),
+            e2e.Row(0, 0, 1, "fusegraph", True, stream_us=5.0, gpu_us=2.0, fused_share=0.5, fused_calls=6),
+            e2e.Row(1, 4, 1, "fusegraph", True, skipped="out of memory")]
+    (stack,) = e2e.stack_rows(_result(rows))
+    assert (stack.variant, stack.stream_us, stack.graph_us, stack.gpu_ops) == ("compile", 30.0, 10.0, 80)
+    text = e2e.format_report(_result(rows))
+    assert "stack" in text and "skipped: out of memory" in text
+
+
+def test_compile_projection_and_forward_budget():
+    budget = e2e.Budget(_opts(case_budget=10.0))
+    assert budget.compile_projection(0, 4096) is None
+    budget.compile_s[0] = [(1, 10.0)]
+    assert budget.compile_projection(0, 4096) == pytest.approx(40960.0)   # one point: proportional
+    budget.compile_s[0] = [(1, 10.0), (64, 10.0)]
+    assert budget.compile_projection(0, 4096) == pytest.approx(10.0)      # flat in T
+    budget.compile_s[0] = [(1, 10.0), (65, 74.0)]
+    assert budget.compile_projection(0, 129) == pytest.approx(138.0)      # 1 s per token
+    budget.forward_s[(0, "eager")] = (64, 0.5)
+    assert budget.forward_skip(0, "eager", 64) is None
+    assert "case-budget" in budget.forward_skip(0, "eager", 4096)
+    assert budget.iters_for(0.001, 20) == 20 and budget.iters_for(4.0, 20) == 3
+
+
+def test_region_graph_keeps_exactly_the_replaced_nodes():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4))
+            self.register_buffer("cache", torch.zeros(3, 4))
+
+        def forward(self, x):
+            a = x * self.w             # region 1
+            b = a.sin() + 1            # region 1
+            c = b @ b.t()              # outside
+            d = c.relu() * 2           # region 2 (reads the outside value c)
+            self.cache.copy_(b[:3])    # region 2 (writes a buffer)
+            return d
+
+    gm = torch.fx.symbolic_trace(Toy())
+    names = [n.name for n in gm.graph.nodes]
+    by_op = {n.name: n for n in gm.graph.nodes}
+    region1 = [n for n in names if n in ("mul", "sin", "add")]
+    region2 = [n for n in names if n in ("relu", "mul_1", "getitem", "copy_")]
+    assert len(region1) == 3 and len(region2) == 4, names
+
+    class Site:
+        def __init__(self, replaced, outputs):
+            self.replaced, self.outputs = tuple(replaced), outputs
+
+    class Compiled:
+        unfused = gm
+
+    sites = [Site(region1, {"0": "add"}), Site(region2, {"0": "mul_1"})]
+    region, inputs, outputs = e2e.region_graph(Compiled, sites)
+    assert inputs == ["x", "matmul"] and outputs == ["add", "mul_1"]
+    kept = [n.name for n in region.graph.nodes if n.op in ("call_function", "call_method")]
+    assert sorted(kept) == sorted(region1 + region2) and "matmul" not in kept
+    assert all(by_op[n].op != "placeholder" for n in kept)
+    x = torch.randn(5, 4)
+    values = e2e.record_values(gm, x)
+    gm.cache.zero_()
+    add, mul_1 = region(values["x"], values["matmul"])
+    torch.testing.assert_close(add, values["add"], rtol=0, atol=0)
+    torch.testing.assert_close(mul_1, values["mul_1"], rtol=0, atol=0)
+    torch.testing.assert_close(gm.cache, values["add"][:3], rtol=0, atol=0)  # wrote the live buffer
+
+
+# -- plot, markdown, merge ---------------------------------------------------------------------
+def _data():
+    rows = []
+    for layer, ratio in ((0, 0), (1, 128)):
+        for T, mode in ((1, "graph_us"), (4096, "stream_us")):
+            for k, v in enumerate(("eager", "compile", "fusegraph", "fusegraph_compile")):
+                pdls = [True, False] if v.startswith("fusegraph") else [None]
+                for p in pdls:
+                    r = {"layer": layer, "ratio": ratio, "T": T, "variant": v, "pdl": p, "skipped": "", "error": "",
+                         "graph_us": None, "stream_us": None}
+                    r[mode] = (4 - k) * 10.0 * T * (1.1 if p is False else 1.0)
+                    if mode == "graph_us":
+                        r["stream_us"] = r[mode] * 3
+                    rows.append(r)
+    return {"schema": e2e.SCHEMA, "meta": {"device": "NVIDIA H100", "git_commit": "0123456789abcdef", "torch": "2.x",
+                                           "triton": "3.x", "date": "today", "model": {"preset": "flash"}},
+            "layers": [{"index": 0, "ratio": 0}, {"index": 1, "ratio": 128}], "rows": rows,
+            "fusable": [{"layer": 0, "ratio": 0, "T": 1, "eager_graph_us": 90.0, "compile_graph_us": 30.0,
+                         "fused_graph_us": 8.0, "fused_graph_us_pdl_off": 9.0, "speedup_vs_compile": 3.75}],
+            "goals": [{"name": "decode fusable part, T=1", "target": ">= 3x", "value": 3.75, "passed": True}],
+            "checks": [], "notes": []}
+
+
+def test_series_uses_headline_time_and_pdl_on():
+    s = plot.series(_data())
+    assert s[0]["fusegraph"] == [(1, 20.0), (4096, 20.0 * 4096)]  # graph time at T=1, stream at 4096, PDL on
+    assert s[1]["eager"][0] == (1, 40.0)
+
+
+def test_svg_plot_is_valid_and_has_a_line_per_variant(tmp_path):
+    path = plot.plot(_data(), str(tmp_path / "e2e.png"))
+    assert path.endswith((".png", ".svg")) and os.path.getsize(path) > 1000
+    doc = ET.fromstring(plot.svg(_data()))
+    lines = doc.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 2 * 4  # two layers, four variants
+    assert all(len(l.get("points").split()) == 2 for l in lines)
+
+
+def test_markdown_headline():
+    md = plot.markdown(_data())
+    assert "NVIDIA H100" in md and "`0123456789ab`" in md
+    row_1 = next(line for line in md.splitlines() if line.startswith("| 1 |"))
+    # mean over layers: eager 40, compile 30, fusegraph 20, fusegraph+compile 10; compile/fusegraph 1.5x
+    assert "| 40.0 | 30.0 | 20.0 | 10.0 | 1.50x | 3.00x |" in row_1 and "CUDA graph" in row_1
+    assert "| 3.75 |" in md and "pass (3.75x)" in md
+
+
+def test_load_merges_files(tmp_path):
+    a, b = _data(), _data()
+    a["rows"] = [r for r in a["rows"] if r["T"] == 1]
+    b["rows"] = [r for r in b["rows"] if r["T"] == 4096]
+    b["rows"][0]["stream_us"] = 1.0
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    merged = plot.load([str(pa), str(pb)])
+    assert len(merged["rows"]) == len(_data()["rows"])
+    assert {r["T"] for r in merged["rows"]} == {1, 4096}
+    assert plot.main([str(pa), str(pb), "--markdown", str(tmp_path / "h.md")]) == 0
+    assert "| 4096 |" in (tmp_path / "h.md").read_text()

@@ -31,6 +31,7 @@ from fusegraph.kernels.mhc_pre.reference import mhc_pre
 from fusegraph.kernels.mhc_pre.triton_kernels import CollapseConfig, GemmConfig, PostConfig
 
 FLASH, PRO = 4096, 7168
+LARGE_T = 1024  # from here on: kernels timed alone per config (below: whole ops)
 
 
 @dataclass
@@ -114,24 +115,27 @@ def group_copy(sw: Sweep, dev: torch.device) -> None:
 
 
 def _gemm_variants(T: int) -> list[GemmConfig]:
-    if T >= 1024:
+    if T >= LARGE_T:
         return [
-            GemmConfig(64, 4, 4, 4, "tf32"),
-            GemmConfig(64, 4, 4, 4, "bf16x2"),
-            GemmConfig(64, 4, 8, 4, "bf16x2"),
-            GemmConfig(64, 8, 4, 4, "bf16x2"),
-            GemmConfig(64, 2, 4, 4, "bf16x2"),
-            GemmConfig(64, 4, 4, 6, "bf16x2"),
-            GemmConfig(128, 4, 8, 4, "bf16x2"),
-            GemmConfig(128, 2, 8, 4, "bf16x2"),
-            GemmConfig(128, 4, 8, 3, "tf32"),
-            GemmConfig(64, 4, 4, 4, "bf16x2", sq_2d=True),
+            GemmConfig(64, 4, 4, 4, "bf16x2", sq_mode=1),        # best of sweep 1
+            GemmConfig(64, 4, 4, 4, "bf16x2pre", sq_mode=1),
+            GemmConfig(64, 4, 4, 4, "bf16x2pre", sq_mode=2),
+            GemmConfig(64, 4, 4, 3, "bf16x2pre", sq_mode=2),
+            GemmConfig(64, 4, 4, 6, "bf16x2pre", sq_mode=2),
+            GemmConfig(64, 8, 4, 4, "bf16x2pre", sq_mode=2),
+            GemmConfig(64, 2, 4, 4, "bf16x2pre", sq_mode=2),
+            GemmConfig(128, 4, 8, 4, "bf16x2pre", sq_mode=2),
+            GemmConfig(128, 2, 8, 4, "bf16x2pre", sq_mode=2),
         ]
-    block_m = tk.gemm_block_m(T)
-    splits = [16, 32, 64] if T > 16 else [32, 64, 128]
-    out = [GemmConfig(block_m, s, 4, 3, mma, early_trigger=True) for s in splits for mma in ("tf32", "bf16x2")]
-    out += [GemmConfig(block_m, s, 8, 3, "tf32", early_trigger=True) for s in splits[:2]]
-    return out
+    if T > 16:
+        shapes = [(32, 16), (32, 32), (16, 16), (16, 32), (16, 64)]
+    else:
+        shapes = [(16, 64), (16, 128), (16, 256)]
+    return [GemmConfig(bm, s, 4, 3, "tf32", early_trigger=True) for bm, s in shapes]
+
+
+def _name(cfg: GemmConfig) -> str:
+    return f"{cfg.block_m}/S{cfg.n_splits}/w{cfg.num_warps}/st{cfg.num_stages}/{cfg.mma}/sq{cfg.sq_mode}"
 
 
 def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool = False) -> None:
@@ -146,7 +150,7 @@ def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool
     if old is not None:
         old_fwd = old.hc_head_forward if head else old.mhc_pre_forward
         sw.time(tag, "OLD full op", T, D, old_fwd, sets, full_bytes, err_vs(reference, old_fwd))
-        if T >= 1024:
+        if T >= LARGE_T:
             def old_gemm(*a):
                 return old.prenorm_gemm(a[0].view(T, 4 * D), a[1], old.HEAD_PAD if head else old.MIX_PAD)
             sw.time(tag, "OLD kernel1 gemm", T, D, old_gemm, sets, T * 4 * D * 2 + n_mix * 4 * D * 4)
@@ -166,26 +170,24 @@ def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool
     for cfg in _gemm_variants(T) + [default]:
         def k1(*a, cfg=cfg):
             return tk.prenorm_mix(a[0].view(T, 4 * D), a[1], a[2], a[3], a[5], a[6], 2.0, 20, cfg)
-        if T >= 1024:
-            r = sw.time(tag, f"k1 {cfg.block_m}/S{cfg.n_splits}/w{cfg.num_warps}/st{cfg.num_stages}/{cfg.mma}"
-                        f"{'/sq2d' if cfg.sq_2d else ''}", T, D, k1, sets, T * 4 * D * 2 + n_mix * 4 * D * 4)
+        if T >= LARGE_T:
+            r = sw.time(tag, f"k1 {_name(cfg)}", T, D, k1, sets, T * 4 * D * 2 + n_mix * 4 * D * 4)
             if r and r.us < best_gemm[0]:
                 best_gemm = (r.us, cfg)
         else:  # small T: whole op per config (launch overlap matters)
             def full(*a, cfg=cfg):
                 return forward(*a, gemm_cfg=cfg)
-            r = sw.time(tag, f"full {cfg.block_m}/S{cfg.n_splits}/w{cfg.num_warps}/st{cfg.num_stages}/{cfg.mma}",
-                        T, D, full, sets, full_bytes, err_vs(reference, full))
+            r = sw.time(tag, f"full {_name(cfg)}", T, D, full, sets, full_bytes, err_vs(reference, full))
             if r and r.us < best_gemm[0] and (r.err or 0) < 2e-3:
                 best_gemm = (r.us, cfg)
 
     # kernel 2 alone
     best_col: tuple[float, CollapseConfig] = (float("inf"), tk.collapse_config(D))
-    if T >= 1024:
+    if T >= LARGE_T:
         pres = [tk.prenorm_mix(a[0].view(T, 4 * D), a[1], a[2], a[3], a[5], a[6], 2.0, 20, default)[0] for a in sets]
         col_sets = [a + (p,) for a, p in zip(sets, pres)]
         bd = tk.collapse_config(D).block_d
-        for warps in (4, 8, 16):
+        for warps in (4, 8):
             cfg = CollapseConfig(bd, 1, warps)
 
             def k2(*a, cfg=cfg):
@@ -201,18 +203,19 @@ def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool
 
 
 def _post_variants(T: int) -> list[PostConfig]:
-    if T >= 1024:
+    if T >= LARGE_T:
         return [
-            PostConfig(64, 32, 4, 8, 2, "tf32"),
-            PostConfig(64, 64, 4, 8, 2, "tf32"),
-            PostConfig(64, 64, 4, 8, 2, "bf16x2"),
-            PostConfig(32, 64, 8, 4, 3, "tf32"),
-            PostConfig(32, 128, 8, 8, 2, "tf32"),
-            PostConfig(64, 32, 8, 8, 2, "tf32"),
-            PostConfig(16, 128, 8, 4, 2, "tf32"),
+            PostConfig(32, 64, 8, 4, 3, "tf32"),                  # best of sweep 1
+            PostConfig(32, 64, 8, 4, 3, "tf32", prefetch=True),
+            PostConfig(64, 32, 4, 8, 2, "tf32", prefetch=True),
+            PostConfig(32, 32, 8, 4, 3, "tf32", prefetch=True),
+            PostConfig(64, 64, 4, 8, 2, "tf32", prefetch=True),
+            PostConfig(32, 64, 16, 4, 3, "tf32", prefetch=True),
+            PostConfig(1, 1024, 1, 4, 2, "tf32", fused=False),    # mhc_post + mhc_pre's kernels
         ]
     block_m = tk.gemm_block_m(T)
-    return [PostConfig(block_m, bd, s, 4, 3, "tf32") for bd in (32, 64) for s in (16, 32, 64)]
+    return ([PostConfig(block_m, bd, s, 4, 3, "tf32", prefetch=pf) for bd, s in ((64, 64), (32, 64), (64, 32))
+             for pf in (False, True)] + [PostConfig(1, 1024, 1, 4, 2, "tf32", fused=False)])
 
 
 def group_post_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any) -> None:
@@ -231,7 +234,8 @@ def group_post_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any) -> No
         def full(*a, cfg=cfg):
             return fwd(*a, post_cfg=cfg)
         r = sw.time(tag, f"full post {cfg.block_m}/bd{cfg.block_d}/S{cfg.n_splits}/w{cfg.num_warps}/"
-                    f"st{cfg.num_stages}/{cfg.mma}", T, D, full, sets, full_bytes, err_vs(ref, full))
+                    f"st{cfg.num_stages}/{cfg.mma}{'/pf' if cfg.prefetch else ''}{'' if cfg.fused else '/UNFUSED'}",
+                    T, D, full, sets, full_bytes, err_vs(ref, full))
         if r and r.us < best[0] and (r.err or 0) < 2e-3:
             best = (r.us, cfg)
     print(f"  best post config T={T} D={D}: {best}", flush=True)

@@ -181,7 +181,7 @@ def attn_kernel_stats(args: tuple) -> str:
     kernel = attn_triton.launch(plan, *args, out)
     regs, spills = getattr(kernel, "n_regs", "?"), getattr(kernel, "n_spills", "?")
     shared = getattr(getattr(kernel, "metadata", None), "shared", "?")
-    return (f"h{plan.block_h} n{plan.block_n} w{plan.num_warps} s{plan.num_stages} pf{int(plan.prefetch)} "
+    return (f"h{plan.block_h} n{plan.block_n} w{plan.num_warps} s{plan.num_stages} "
             f"splits {plan.splits}x{plan.tiles_per_split} regs {regs} spills {spills} smem {shared}")
 
 
@@ -221,21 +221,17 @@ def measure(case: BenchCase, device: torch.device, copy_gbs: float, args: tuple,
 # Alternative plans tried by --sweep. Attention: fields of plan.AttnPlan, plus "native" (FP8 decode
 # path). Gather: "rows" / "gwarps" force one GatherConfig.
 SWEEP = (
-    {"block_n": 16},
-    {"block_n": 64},
+    {"num_stages": 3},                         # = the default plan: a repeat, to read the noise
     {"num_stages": 2},
-    {"prefetch": True, "num_stages": 1},
-    {"prefetch": True, "num_stages": 1, "block_n": 16},
-    {"block_h": 32, "num_warps": 4},
-    {"max_splits": 8},
-    {"max_splits": 4},
+    {"block_n": 32, "num_stages": 3},
+    {"block_n": 32, "num_stages": 2},
+    {"block_h": 16, "num_warps": 4, "block_n": 32},
     {"native": False},
 )
 GATHER_SWEEP = (
-    {"rows": 8, "gwarps": 4},
+    {"rows": 8, "gwarps": 4},                  # = the default for n > 256: a repeat
     {"rows": 16, "gwarps": 4},
-    {"rows": 32, "gwarps": 8},
-    {"rows": 64, "gwarps": 8},
+    {"rows": 16, "gwarps": 8},
 )
 
 

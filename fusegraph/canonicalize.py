@@ -85,6 +85,8 @@ def op_label(node: torch.fx.Node) -> str:
         return node.op
     if node.op == "call_function":
         target = node.target
+        if target is getattr and len(node.args) > 1:  # x.T, x.mT, x.shape, x.dtype
+            return "permute" if node.args[1] in ("T", "mT", "H", "mH") else "size"
         label = _FUNCTION_LABELS.get(target)
         if label:
             return label

@@ -96,10 +96,11 @@ class CompiledModule(torch.nn.Module):
 
         return fn, arg_names, literals
 
-    def warmup(self, *example_inputs: Any) -> None:
-        """Run once so every provider compiles its kernels before the first timed call."""
-        with torch.no_grad():
-            self.fused(*example_inputs)
+    def warmup(self, max_tokens: int, progress: bool = True, **kwargs: Any):
+        """Compile every kernel variant the model meets up to ``max_tokens`` (each split-count
+        bucket, each chosen provider) so no request pays a JIT stall; see ``fusegraph.warmup``."""
+        from fusegraph.warmup import warmup
+        return warmup(self, max_tokens, progress=progress, **kwargs)
 
 
 def _unfused_name(name: str, inputs_by_node: dict[str, str], site: MatchSite) -> str:
@@ -260,6 +261,7 @@ def run_passes(gm: torch.fx.GraphModule, pats: list[Pattern], comps: list[Compos
 
     t = time.perf_counter()
     n_composed = 0
+    gm.graph.eliminate_dead_code(is_impure_node=_impure)  # leftovers must not count as readers
     for comp in comps:
         for first, second, new in compose(gm, comp):
             a, b = site_by_call.pop(first), site_by_call.pop(second)

@@ -28,7 +28,13 @@ Generator = Callable[[tuple[int, ...], torch.dtype, torch.Generator, Dims], torc
 
 def randn(scale: float = 1.0, shift: float = 0.0) -> Generator:
     def gen(shape: tuple[int, ...], dtype: torch.dtype, g: torch.Generator, dims: Dims) -> torch.Tensor:
-        return (torch.randn(shape, generator=g) * scale + shift).to(dtype)
+        work = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64) else torch.float32
+        x = torch.randn(shape, generator=g, dtype=work)
+        if scale != 1.0:
+            x.mul_(scale)
+        if shift:
+            x.add_(shift)
+        return x.to(dtype)
     return gen
 
 
@@ -40,6 +46,7 @@ class TensorSpec:
     dtypes: tuple[torch.dtype, ...] | None = None    # None: any floating dtype
     gen: Generator = randn()                          # how verification draws this input
     check: Callable[[Dims], bool] | None = None       # extra relation between symbols (n < W, ...)
+    param: bool = False                               # a model parameter or buffer (get_attr / input)
 
     def dtype_ok(self, dtype: torch.dtype) -> bool:
         if self.dtypes is None:

@@ -195,8 +195,8 @@ class SiteTemplate:
     def _ratio(self) -> int:
         ratio_param = BLOCK_ROWS.get(self.op, ((), ""))[1]
         for a in self.args:
-            if a.name == ratio_param:
-                return max(1, int(a.literal))
+            if a.name == ratio_param and isinstance(a.literal, int):
+                return max(1, a.literal)
         return 1
 
 

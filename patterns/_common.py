@@ -38,7 +38,7 @@ def unique_slots(capacity):
 
 
 def random_bytes(shape, dtype, g, dims):
-    return torch.randint(0, 256, shape, generator=g, dtype=torch.int64).to(dtype)
+    return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(dtype)
 
 
 def near_one(spread: float = 0.2):
@@ -54,11 +54,13 @@ def rope_specs(rows: str = "T") -> dict[str, TensorSpec]:
     return {"cos": TensorSpec((rows, ROPE_PAIRS), F32, randn(0.7)), "sin": TensorSpec((rows, ROPE_PAIRS), F32, randn(0.7))}
 
 
-# Regimes of the mHC ops: tiny residuals make both RMS eps dominate; spread logits make the
+# Regimes of the mHC ops: tiny residuals make both RMS eps dominate (and residuals of mean square
+# ~eps make the exact eps value matter, not only its presence); spread logits make the
 # softmax entries tiny so the Sinkhorn +eps terms decide them, and push pre to its hc_eps floor.
 MHC_REGIMES = (
     Regime("normal"),
     Regime("tiny", {"residual": randn(1e-4)}),
+    Regime("eps", {"residual": randn(1e-3)}),   # mean square ~ eps: a 10x eps change moves rinv ~3x
     Regime("spread", {"scale": randn(0.0), "base": randn(40.0)}),
     Regime("floor", {"base": randn(1.0, -40.0)}),
 )

@@ -24,10 +24,10 @@ PATTERN = Pattern(
     name="compressor_pool",
     op="compressor_pool",
     inputs={
-        "ape": TensorSpec(("R", "W"), F32, randn(0.5)),
+        "ape": TensorSpec(("R", "W"), F32, randn(0.5), param=True),
         "score": TensorSpec(("T", "W"), F32),
         "kv": TensorSpec(("T", "W"), F32),
-        "norm_weight": TensorSpec(("d",), None, near_one()),
+        "norm_weight": TensorSpec(("d",), None, near_one(), param=True),
         **rope_specs("NB"),
     },
     literals={"ratio": lambda d: d["R"], "eps": EPS},

@@ -7,10 +7,10 @@ from fusegraph.pattern import Pattern, Regime, TensorSpec, randn
 PATTERN = Pattern(
     name="kv_norm_rope_quant",
     op="kv_norm_rope_quant",
-    inputs={"kv": TensorSpec(("T", 512), BF16), "weight": TensorSpec((512,), None, near_one()), **rope_specs("T")},
+    inputs={"kv": TensorSpec(("T", 512), BF16), "weight": TensorSpec((512,), None, near_one(), param=True), **rope_specs("T")},
     literals={"eps": EPS, "quant_eps": FP8_AMAX_EPS},
-    seed="kv",
-    seed_label=("cast", "pow", "mul"),
+    seed="weight",
+    seed_label="mul",
     regimes=(Regime("normal"), Regime("tiny", {"kv": randn(1e-5)}), Regime("small_weight", {"weight": randn(1e-6)})),
     interchangeable=(("cos", "sin"),),
     priority=20,

@@ -11,7 +11,7 @@ PATTERN = Pattern(
     op="store_fp8_paged",
     inputs={
         "cache": TensorSpec(("NP", "B"), (torch.uint8,), random_bytes,
-                            check=lambda d: page_size_of(d["B"]) > 0),
+                            check=lambda d: page_size_of(d["B"]) > 0, param=True),
         "loc": TensorSpec(("T",), INDEX, unique_slots(lambda d: d["NP"] * page_size_of(d["B"]))),
         "k_nope": TensorSpec(("T", 448), BF16),
         "k_rope": TensorSpec(("T", 64), BF16),

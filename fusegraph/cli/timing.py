@@ -70,7 +70,7 @@ def time_forward(module: torch.nn.Module, inputs: tuple[Any, ...], *, warmup: in
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    launches = count_launches(lambda: module(*args))
+    launches = count_launches(call)
     graph_ms, note = None, ""
     if cuda_graph:
         graph_ms, note = _time_graph(module, args, iters)

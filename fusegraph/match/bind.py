@@ -36,6 +36,8 @@ def fit(spec: TensorSpec, node: torch.fx.Node, dims: Dims) -> Dims | None:
     val = tensor_val(node)
     if val is None or not spec.dtype_ok(val.dtype) or val.numel() == 0:  # empty values verify nothing
         return None
+    if spec.param and node.op not in ("get_attr", "placeholder"):
+        return None
     out = unify_shape(spec.shape, tuple(int(s) for s in val.shape), dims)
     if out is not None and spec.check is not None:
         try:

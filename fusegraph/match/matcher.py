@@ -38,6 +38,7 @@ from fusegraph.pattern import Pattern
 from fusegraph.records import NearMiss
 
 REPORT_FRACTION = 0.25   # near misses below this share of pattern values found are not reported
+MAX_CLOSURE = 3000       # nodes computable from one binding; beyond this it is not one site
 BINDINGS_PER_SEED = 8    # complete bindings verified per seed before giving up   # near misses below this share of pattern values found are not reported
 _DTYPE_LOOSE = {torch.float32: torch.bfloat16}
 
@@ -74,11 +75,13 @@ class Matcher:
     # -- public ------------------------------------------------------------------------------
     def run(self, pattern: Pattern) -> tuple[list[Match], list[NearMiss]]:
         matches, misses = [], []
+        used: set[torch.fx.Node] = set()   # inputs of this pattern's matches: not seeds again (cos/sin)
         for seed in seeds(self.facts, pattern):
-            if seed in self.internal:
+            if seed in self.internal or seed in used:
                 continue
             result = self.try_seed(pattern, seed)
             if isinstance(result, Match):
+                used.update(result.binding.nodes.values())
                 matches.append(result)
                 self.claimed.update(result.region.nodes)
                 outs = set(result.region.outputs.values()) | set(result.region.mutations)
@@ -91,16 +94,21 @@ class Matcher:
         """Try the seed's plausible bindings in order; the first that verifies wins. The reported
         near miss is the attempt that got furthest (largest share of pattern values found)."""
         best: NearMiss | None = None
-        for k, binding in enumerate(bindings(self.facts, pattern, seed)):
-            if k >= BINDINGS_PER_SEED:
-                break
-            result = self._try_binding(pattern, binding)
-            if isinstance(result, Match):
-                return result
-            if result is None and binding.complete:
-                return None
-            if result is not None and (best is None or result.matched_fraction > best.matched_fraction):
-                best = result
+        tried = 0
+        for binding in bindings(self.facts, pattern, seed):
+            for variant in _swaps(binding):   # same-spec inputs (cos/sin) either way round
+                if tried >= BINDINGS_PER_SEED:
+                    return best
+                tried += 1
+                result = self._try_binding(pattern, variant)
+                if isinstance(result, Match):
+                    return result
+                if result is None and variant.complete:
+                    return None
+                if result is not None and (best is None or result.matched_fraction > best.matched_fraction):
+                    best = result
+                if not variant.complete:
+                    break
         return best
 
     def _try_binding(self, pattern: Pattern, binding: Binding) -> Match | NearMiss | None:
@@ -114,6 +122,9 @@ class Matcher:
         closure = self.facts.topo(n for n in self.facts.closure(bound) if n not in bound)
         if not closure or all(n in self.claimed for n in closure):
             return None
+        if len(closure) > MAX_CLOSURE:
+            return self._miss(pattern, seed, "bind", "missing input",
+                              f"the values bound near `{seed.name}` feed {len(closure)} nodes: not one site")
         reason = pattern.constraints(binding.dims)
         if reason:
             # Report it only if the subgraph otherwise is this pattern (the reference runs on any size).
@@ -136,15 +147,32 @@ class Matcher:
         positions = {n: i for i, n in enumerate(closure)}
         bound = set(binding.nodes.values())
         runs = []
-        for k, regime in enumerate(pattern.regimes):
+
+        def run(k: int, nodes: list[torch.fx.Node]) -> str | None:
+            regime = pattern.regimes[k]
             inputs = draw_inputs(binding, regime, self.seed + k)
             try:
-                env = run_graph(self.facts, closure, binding, inputs)
+                env = run_graph(self.facts, nodes, binding, inputs)
                 ref_out, ref_mut, ref_vals = run_reference(binding, inputs, record=(k == 0))
             except Exception as exc:  # the candidate cannot even run on its own inputs
-                return _Cached("miss", miss=dict(stage="evaluate", kind="semantics",
-                                                 reason=f"evaluating the candidate failed: {type(exc).__name__}: {exc}"))
+                return f"evaluating the candidate failed: {type(exc).__name__}: {exc}"
             runs.append((regime, env, ref_out, ref_mut, ref_vals))
+            return None
+
+        failed = run(0, closure)
+        if failed:
+            return _Cached("miss", miss=dict(stage="evaluate", kind="semantics", reason=failed))
+        # Other regimes only for values that could still be outputs (most candidates stop here).
+        _, env_first, ref_first, _, _ = runs[0]
+        hopeful = [n for n in closure if any(_same_dtype(env_first[n], r) and violation(env_first[n], r) <= 1.0
+                                             for r in ref_first)]
+        if len(pattern.regimes) > 1 and (hopeful or pattern.mutates):
+            keep = backward_slice(self.facts, hopeful + [n for n in closure if mutated_input(n) is not None],
+                                  set(closure), bound)
+            for k in range(1, len(pattern.regimes)):
+                failed = run(k, keep)
+                if failed:
+                    return _Cached("miss", miss=dict(stage="evaluate", kind="semantics", reason=failed))
         regime0, env0, ref0, mut0, vals0 = runs[0]
         outputs: dict[int, int] = {}
         worst = 0.0
@@ -156,14 +184,14 @@ class Matcher:
             # prefer one with the op's own shape, so consumers read the fused result directly.
             agree.sort(key=lambda n: tuple(env0[n].shape) != tuple(ref.shape))
             for n in agree:
-                scores = [violation(env[n], r_out[i]) for _, env, r_out, _, _ in runs[1:]]
+                scores = [violation(env.get(n), r_out[i]) for _, env, r_out, _, _ in runs[1:]]
                 if all(v <= 1.0 for v in scores):
                     found = n
                     worst = max([worst, violation(env0[n], ref)] + scores)
                     break
             if found is None and agree:
                 bad = next(k for k, (_, env, r_out, _, _) in enumerate(runs[1:], 1)
-                           if violation(env[agree[-1]], r_out[i]) > 1.0)
+                           if violation(env.get(agree[-1]), r_out[i]) > 1.0)
                 div = align(self.facts, closure, runs[bad][1], runs[bad][4] or vals0, bound)
                 return _Cached("miss", miss=dict(
                     stage="verify", kind="literal", fraction=max(div.matched_fraction, 0.5),
@@ -171,7 +199,13 @@ class Matcher:
                             f"'{runs[bad][0].name}' regime: a constant (eps, multiplier, iteration count) "
                             f"differs from the pattern's")), divergent=positions.get(agree[-1]))
             if found is None:
-                return self._explain_missing_output(pattern, binding, closure, env0, vals0, i, ref)
+                miss = self._explain_missing_output(pattern, binding, closure, env0, vals0, i, ref)
+                # Other outputs found: this is the site, whatever share of intermediates aligned.
+                found_outputs = sum(1 for r in ref0 if any(_same_dtype(env0[n], r) and violation(env0[n], r) <= 1.0
+                                                           for n in closure))
+                if miss.miss is not None and found_outputs:
+                    miss.miss["fraction"] = max(miss.miss.get("fraction", 0.0), found_outputs / len(ref0))
+                return miss
             outputs[i] = positions[found]
         mutations: list[int] = []
         for name in pattern.mutates:
@@ -237,6 +271,16 @@ class Matcher:
                         divergent_node=divergent.name if divergent is not None else None,
                         source=source_of(divergent) if divergent is not None else None,
                         matched_fraction=round(fraction, 3))
+
+
+def _swaps(binding: Binding) -> list[Binding]:
+    out = [binding]
+    if not binding.complete:
+        return out
+    for a, b in binding.pattern.interchangeable:
+        out += [Binding(x.pattern, x.seed, {**x.nodes, a: x.nodes[b], b: x.nodes[a]}, dict(x.dims))
+                for x in list(out)]
+    return out
 
 
 def _same_dtype(value: Any, ref: torch.Tensor) -> bool:

@@ -47,9 +47,9 @@ def render_html(result: "CompareResult", compiled: Any, engine: str = "auto") ->
             rows.append([s.index, s.site.pattern, s.site.module or "(root)", s.site.selection.provider, c.name,
                          c.dtype, sci(c.max_abs), sci(c.rel_l2), sci(c.ulps), _status(c.passed),
                          "; ".join(x for x in (c.reason, c.note) if x)])
-        if s.error:
+        if s.error or s.notes:
             rows.append([s.index, s.site.pattern, s.site.module, s.site.selection.provider, "-", "-", "-", "-", "-",
-                         _status(False), s.error])
+                         _status(not s.error), "; ".join([s.error] * bool(s.error) + s.notes)])
     parts.append(table(["#", "pattern", "module", "provider", "output", "dtype", "max abs", "rel L2", "bf16 ulps",
                         "status", "why / how compared"], rows, numeric=(0, 6, 7, 8), raw=(9,)))
 

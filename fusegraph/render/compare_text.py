@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fusegraph.render.text import Table, sci
+from fusegraph.render.text import Table, sci, shorten
 
 if TYPE_CHECKING:
     from fusegraph.cli.compare import CompareResult, SiteCheck
@@ -36,7 +36,7 @@ def sites_table(sites: "list[SiteCheck]", limit: int = 0) -> tuple[Table, int]:
                   "-", "-", "-", "-", "FAIL")
             continue
         t.add(s.index, s.site.pattern, s.site.module or "(root)", s.site.selection.provider, len(s.checks),
-              w.name if w else "-", sci(w.max_abs) if w else "-",
+              shorten(w.name, 28) if w else "-", sci(w.max_abs) if w else "-",
               sci(w.rel_l2) if w and w.rel_l2 is not None else (f"{100 * (w.mismatch or 0):.2f}% differ" if w else "-"),
               _ulps(w.ulps) if w else "-", _status(s.passed))
     return t, len(sites) - len(shown)
@@ -61,6 +61,8 @@ def render_text(result: "CompareResult", *, limit: int = 40, elapsed_s: float | 
         out.append(f"... {hidden} more sites (--limit 0 shows all; -o DIR writes everything)")
     notes: dict[str, list[str]] = {}
     for s in result.sites:
+        for n in s.notes:
+            notes.setdefault(f"{s.site.pattern}: {n}", []).append(f"#{s.index}")
         for c in s.checks:
             if c.note:
                 notes.setdefault(f"{s.site.pattern} output {c.name}: {c.note}", []).append(f"#{s.index}")

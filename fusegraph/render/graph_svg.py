@@ -98,7 +98,7 @@ def site_views(unfused: torch.fx.GraphModule, fused: torch.fx.GraphModule | None
     if call is None:
         right.add("missing", site.fused_node or "?", "not in the fused graph", "missing")
         return left, right
-    right.title = f"fused: {op_label(call)}"
+    right.title = f"fused: one {site.op} call"
     right.add(call.name, f"{site.op} [{site.selection.provider}]", call.name, "fused", _describe(call))
     for a in call.all_input_nodes:
         right.add(a.name, _boundary_label(a), a.name, "boundary", _describe(a))

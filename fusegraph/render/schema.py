@@ -67,7 +67,7 @@ COMPARE = {
     "schema": str, "source": str, "model": str, "target": str, "device": str, "tokens": Opt(int), "seed": int,
     "passed": bool, "fp64_note": str, "outputs": [TENSOR_CHECK],
     "sites": [{"index": int, "pattern": str, "op": str, "module": str, "fused_node": str, "provider": str,
-               "passed": bool, "error": str, "outputs": [TENSOR_CHECK]}],
+               "passed": bool, "error": str, "notes": [str], "outputs": [TENSOR_CHECK]}],
     "timing": {"unfused": Opt(TIMING), "fused": Opt(TIMING), "note": str},
     "bisect": Opt({"steps": [{"fuel": int, "passed": bool}], "culprit": Opt(int), "site": Opt(SITE),
                    "failing_output": Opt(TENSOR_CHECK), "note": str}),

@@ -1,7 +1,7 @@
 """Triton device helpers that read the DSV4 paged FP8 cache (spec 4.3); shared with sparse_attn_sink.
 
-A kernel addresses a token row by two int64 byte offsets, computed once per row by
-``fp8_row_offsets``: the row start (448 e4m3 bytes, then 64 bf16 rope values) and its scale bytes
+A kernel addresses a token row by two int64 byte offsets, computed once per row (from an int32
+slot: a cache of 2^31 rows would be over a terabyte) by ``fp8_row_offsets``: the row start (448 e4m3 bytes, then 64 bf16 rope values) and its scale bytes
 in the page tail. ``load_nope`` returns a ``[rows, W]`` chunk of dequantized channels
 ``[C0, C0 + W)`` as bf16 (``W`` a power of two >= 64: the 448 channels are read as 256 + 128 + 64,
 exact sizes, no masked columns); ``load_rope`` returns the 64 rope channels. Invalid rows
@@ -34,6 +34,11 @@ _NATIVE_FP8_TARGETS = frozenset({"sm90", "sm100"})
 FORCE_NATIVE_FP8: bool | None = None
 
 
+def page_shift(page_size: int) -> int | None:
+    """log2(page_size) when it is a power of two (kernels then shift instead of dividing), else None."""
+    return page_size.bit_length() - 1 if page_size > 0 and page_size & (page_size - 1) == 0 else None
+
+
 def fp8_native(device: torch.device) -> bool:
     """Whether kernels on ``device`` decode e4m3 with Triton's native conversion."""
     if FORCE_NATIVE_FP8 is not None:
@@ -58,11 +63,18 @@ if HAS_TRITON:
             return x.to(tl.bfloat16)
 
     @triton.jit
-    def fp8_row_offsets(slot, page_stride, page_size):
-        """(row byte offset, scale byte offset) of int64 slots >= 0 in a cache of ``page_stride``-byte pages."""
-        page = slot // page_size
-        row = slot - page * page_size
-        page_off = page * page_stride
+    def fp8_row_offsets(slot, page_stride, page_size, page_shift, POW2_PAGES: tl.constexpr):
+        """int64 (row byte offset, scale byte offset) of int32 slots >= 0 in a cache of
+        ``page_stride``-byte pages. ``POW2_PAGES``: ``page_size == 1 << page_shift``, so a shift and
+        a mask replace the division (a 64-bit division per row and layout cost ~10% of the
+        attention loop's instructions)."""
+        if POW2_PAGES:
+            page = slot >> page_shift
+            row = slot & (page_size - 1)
+        else:
+            page = slot // page_size
+            row = slot - page * page_size
+        page_off = page.to(tl.int64) * page_stride
         return page_off + row * _ROW_BYTES, page_off + page_size * _ROW_BYTES + row * _SCALE_BYTES
 
     @triton.jit

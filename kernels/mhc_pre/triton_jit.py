@@ -82,21 +82,10 @@ def _sinkhorn16(m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30,
 
 
 @triton.jit
-def _mix(G, n_idx, j: tl.constexpr):
-    """Row ``j`` of the reduced partials ``G [N_PAD, FIN_M]`` (a masked sum: Triton cannot index)."""
-    return tl.sum(tl.where(n_idx[:, None] == j, G, 0.0), axis=0)
-
-
-@triton.jit
-def _logit(G, n_idx, j: tl.constexpr, rinv, s2, base_ptr):
-    return _mix(G, n_idx, j) * rinv * s2 + tl.load(base_ptr + j)
-
-
-@triton.jit
-def _finish_block(part_ptr, sq_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, row0, T, K, n_splits,
+def _finish_block(part_ptr, sq_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, row0, T, K, n_splits,
                   rms_eps, hc_eps, post_mult, sinkhorn_iters,
                   N: tl.constexpr, N_PAD: tl.constexpr, FIN_M: tl.constexpr, S_CHUNK: tl.constexpr,
-                  N_S_CHUNKS: tl.constexpr):
+                  N_S_CHUNKS: tl.constexpr, MIX_W: tl.constexpr):
     """Reduce the split partials of tokens ``row0 .. row0 + FIN_M`` and write pre (+ post, comb)."""
     toks = row0 + tl.arange(0, FIN_M)
     t_ok = toks < T
@@ -113,27 +102,44 @@ def _finish_block(part_ptr, sq_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb
         G += tl.sum(tl.load(part_ptr + offs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
         SQ += tl.load(sq_ptr + s[:, None].to(tl.int64) * T + toks[None, :], mask=s_ok[:, None] & t_ok[None, :],
                       other=0.0, cache_modifier=".cg")
-    rinv = tl.math.rsqrt(tl.sum(SQ, axis=0) / K + rms_eps)
+    # Re-layout through a [T, MIX_W] workspace (mixes, sum of squares in the last slot): one store,
+    # a barrier, then one vector per mix with every token's values in one thread. Extracting the
+    # rows of G in registers cost a cross-thread reduction each.
+    mrow = mix_ptr + toks.to(tl.int64) * MIX_W
+    tl.store(mrow[None, :] + n_idx[:, None], G, mask=(n_idx < N)[:, None] & t_ok[None, :])
+    tl.store(mrow + (MIX_W - 1), tl.sum(SQ, axis=0), mask=t_ok)
+    tl.debug_barrier()
+    rinv = tl.math.rsqrt(tl.load(mrow + (MIX_W - 1), mask=t_ok, other=1.0) / K + rms_eps)
     rowp = toks.to(tl.int64) * 4
     s0 = tl.load(scale_ptr)
     for c in tl.static_range(4):
-        pre = tl.sigmoid(_mix(G, n_idx, c) * rinv * s0 + tl.load(base_ptr + c)) + hc_eps
+        pre = tl.sigmoid(tl.load(mrow + c, mask=t_ok, other=0.0) * rinv * s0 + tl.load(base_ptr + c)) + hc_eps
         tl.store(pre_ptr + rowp + c, pre, mask=t_ok)
     if N == 24:
         s1 = tl.load(scale_ptr + 1)
         for c in tl.static_range(4):
-            post = tl.sigmoid(_mix(G, n_idx, 4 + c) * rinv * s1 + tl.load(base_ptr + 4 + c)) * post_mult
-            tl.store(post_ptr + rowp + c, post, mask=t_ok)
-        s2 = tl.load(scale_ptr + 2)
+            g = tl.load(mrow + 4 + c, mask=t_ok, other=0.0)
+            tl.store(post_ptr + rowp + c, tl.sigmoid(g * rinv * s1 + tl.load(base_ptr + 4 + c)) * post_mult, mask=t_ok)
+        s2 = tl.load(scale_ptr + 2) * rinv
+        lg = mrow + 8
+        lb = base_ptr + 8
         m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33 = _sinkhorn16(
-            _logit(G, n_idx, 8, rinv, s2, base_ptr), _logit(G, n_idx, 9, rinv, s2, base_ptr),
-            _logit(G, n_idx, 10, rinv, s2, base_ptr), _logit(G, n_idx, 11, rinv, s2, base_ptr),
-            _logit(G, n_idx, 12, rinv, s2, base_ptr), _logit(G, n_idx, 13, rinv, s2, base_ptr),
-            _logit(G, n_idx, 14, rinv, s2, base_ptr), _logit(G, n_idx, 15, rinv, s2, base_ptr),
-            _logit(G, n_idx, 16, rinv, s2, base_ptr), _logit(G, n_idx, 17, rinv, s2, base_ptr),
-            _logit(G, n_idx, 18, rinv, s2, base_ptr), _logit(G, n_idx, 19, rinv, s2, base_ptr),
-            _logit(G, n_idx, 20, rinv, s2, base_ptr), _logit(G, n_idx, 21, rinv, s2, base_ptr),
-            _logit(G, n_idx, 22, rinv, s2, base_ptr), _logit(G, n_idx, 23, rinv, s2, base_ptr),
+            tl.load(lg + 0, mask=t_ok, other=0.0) * s2 + tl.load(lb + 0),
+            tl.load(lg + 1, mask=t_ok, other=0.0) * s2 + tl.load(lb + 1),
+            tl.load(lg + 2, mask=t_ok, other=0.0) * s2 + tl.load(lb + 2),
+            tl.load(lg + 3, mask=t_ok, other=0.0) * s2 + tl.load(lb + 3),
+            tl.load(lg + 4, mask=t_ok, other=0.0) * s2 + tl.load(lb + 4),
+            tl.load(lg + 5, mask=t_ok, other=0.0) * s2 + tl.load(lb + 5),
+            tl.load(lg + 6, mask=t_ok, other=0.0) * s2 + tl.load(lb + 6),
+            tl.load(lg + 7, mask=t_ok, other=0.0) * s2 + tl.load(lb + 7),
+            tl.load(lg + 8, mask=t_ok, other=0.0) * s2 + tl.load(lb + 8),
+            tl.load(lg + 9, mask=t_ok, other=0.0) * s2 + tl.load(lb + 9),
+            tl.load(lg + 10, mask=t_ok, other=0.0) * s2 + tl.load(lb + 10),
+            tl.load(lg + 11, mask=t_ok, other=0.0) * s2 + tl.load(lb + 11),
+            tl.load(lg + 12, mask=t_ok, other=0.0) * s2 + tl.load(lb + 12),
+            tl.load(lg + 13, mask=t_ok, other=0.0) * s2 + tl.load(lb + 13),
+            tl.load(lg + 14, mask=t_ok, other=0.0) * s2 + tl.load(lb + 14),
+            tl.load(lg + 15, mask=t_ok, other=0.0) * s2 + tl.load(lb + 15),
             sinkhorn_iters, hc_eps)
         cp = comb_ptr + toks.to(tl.int64) * 16
         tl.store(cp + 0, m00, mask=t_ok)
@@ -155,10 +161,11 @@ def _finish_block(part_ptr, sq_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb
 
 
 @triton.jit
-def _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr,
-                               mblk, split, T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+def _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr,
+                               comb_ptr, mblk, split, T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters,
                                N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr):
+                               FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr,
+                               MIX_W: tl.constexpr):
     """Store this split's partials; the last split of the token block then finishes the block."""
     rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < T
@@ -171,8 +178,9 @@ def _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, ba
     tl.debug_barrier()
     ticket = tl.atomic_add(cnt_ptr + mblk, 1, sem="acq_rel", scope="gpu")
     if ticket == n_splits - 1:
-        _finish_block(part_ptr, sq_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, mblk * BLOCK_M, T, K,
-                      n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters, N, N_PAD, FIN_M, S_CHUNK, N_S_CHUNKS)
+        _finish_block(part_ptr, sq_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr, mblk * BLOCK_M,
+                      T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters, N, N_PAD, FIN_M, S_CHUNK,
+                      N_S_CHUNKS, MIX_W)
         tl.atomic_xchg(cnt_ptr + mblk, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
@@ -180,11 +188,34 @@ def _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, ba
 # kernel 1: split-K prenorm GEMM (+ finishing)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr,
-                         T, K, n_splits, kb_per_split, kb_rem, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+def _split_fn_kernel(fn_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    """``fn`` fp32 [N, K] -> bf16 [2, BLOCK_N, K]: hi = bf16(fn), lo = bf16(fn - hi), rows >= N zero.
+
+    hi + lo carries fn to ~2^-17 relative (TF32 keeps 2^-11), and both halves feed bf16 MMAs
+    straight from shared memory."""
+    ks = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    k_ok = ks < K
+    ns = tl.arange(0, BLOCK_N)
+    tc.pdl_wait(USE_PDL)
+    w = tl.load(fn_ptr + ns[:, None] * K + ks[None, :], mask=(ns < N)[:, None] & k_ok[None, :], other=0.0)
+    hi = w.to(tl.bfloat16)
+    lo = (w - hi.to(tl.float32)).to(tl.bfloat16)
+    tl.store(out_ptr + ns[:, None] * K + ks[None, :], hi, mask=k_ok[None, :])
+    tl.store(out_ptr + (BLOCK_N + ns)[:, None] * K + ks[None, :], lo, mask=k_ok[None, :])
+    tc.pdl_launch_dependents(USE_PDL)
+
+
+@triton.jit
+def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr,
+                         comb_ptr, T, K, n_splits, kb_per_split, kb_rem, rms_eps, hc_eps, post_mult, sinkhorn_iters,
                          N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr,
-                         MMA: tl.constexpr, SQ_2D: tl.constexpr, USE_PDL: tl.constexpr, EARLY_TRIGGER: tl.constexpr):
+                         BLOCK_K: tl.constexpr, FIN_M: tl.constexpr, S_CHUNK: tl.constexpr,
+                         N_S_CHUNKS: tl.constexpr, MIX_W: tl.constexpr, MMA: tl.constexpr, SQ_MODE: tl.constexpr,
+                         USE_PDL: tl.constexpr, EARLY_TRIGGER: tl.constexpr):
+    """``MMA``: "tf32" / "ieee" (fp32 fn, x converted in registers), "bf16x2" (fn split into
+    bf16 hi + lo per k-step) or "bf16x2pre" (``w_ptr`` is ``_split_fn_kernel``'s output).
+    ``SQ_MODE``: 0 reduce x^2 every k-step, 1 keep a 2-D tile and reduce once, 2 on the tensor
+    cores as the diagonal of x x^T (bf16 modes only: the x tile then never leaves shared memory)."""
     pid = tl.program_id(0)
     mblk = pid // n_splits
     split = pid % n_splits
@@ -196,11 +227,14 @@ def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, scale_ptr, bas
     x_rows = x_ptr + tl.minimum(rows, T - 1).to(tl.int64)[:, None] * K
     ns = tl.arange(0, BLOCK_N)
     w_cols = w_ptr + ns[None, :] * K
+    w_lo = w_ptr + (BLOCK_N + ns)[None, :] * K
     w_mask = (ns < N)[None, :]
     ks = tl.arange(0, BLOCK_K)  # K % BLOCK_K == 0 (D % 16 == 0, gates.D_MULTIPLE): no k mask
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if SQ_2D:
+    if SQ_MODE == 2:
+        aat = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    elif SQ_MODE == 1:
         sq2 = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     else:
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -210,25 +244,34 @@ def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, scale_ptr, bas
     for i in range(kb_count):
         k = (kb_begin + i) * BLOCK_K + ks
         a = tl.load(x_rows + k[None, :])
-        b = tl.load(w_cols + k[:, None], mask=w_mask, other=0.0)
-        af = a.to(tl.float32)
-        if SQ_2D:
+        if MMA == "bf16x2pre":
+            acc = tl.dot(a, tl.load(w_cols + k[:, None]), acc)
+            acc = tl.dot(a, tl.load(w_lo + k[:, None]), acc)
+        elif MMA == "bf16x2":
+            b = tl.load(w_cols + k[:, None], mask=w_mask, other=0.0)
+            b_hi = b.to(tl.bfloat16)
+            acc = tl.dot(a, b_hi, acc)
+            acc = tl.dot(a, (b - b_hi.to(tl.float32)).to(tl.bfloat16), acc)
+        else:
+            b = tl.load(w_cols + k[:, None], mask=w_mask, other=0.0)
+            acc = tl.dot(a.to(tl.float32), b, acc, input_precision=MMA)
+        if SQ_MODE == 2:
+            aat = tl.dot(a, tl.trans(a), aat)
+        elif SQ_MODE == 1:
+            af = a.to(tl.float32)
             sq2 += af * af
         else:
+            af = a.to(tl.float32)
             sq += tl.sum(af * af, axis=1)
-        if MMA == "bf16x2":
-            b_hi = b.to(tl.bfloat16)
-            b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
-            acc = tl.dot(a, b_hi, acc)
-            acc = tl.dot(a, b_lo, acc)
-        else:
-            acc = tl.dot(af, b, acc, input_precision=MMA)
-    if SQ_2D:
+    if SQ_MODE == 2:
+        ii = tl.arange(0, BLOCK_M)
+        sq = tl.sum(tl.where(ii[:, None] == ii[None, :], aat, 0.0), axis=1)
+    elif SQ_MODE == 1:
         sq = tl.sum(sq2, axis=1)
 
-    _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr, comb_ptr,
-                               mblk, split, T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters,
-                               N, N_PAD, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS)
+    _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr, post_ptr,
+                               comb_ptr, mblk, split, T, K, n_splits, rms_eps, hc_eps, post_mult, sinkhorn_iters,
+                               N, N_PAD, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS, MIX_W)
     if not EARLY_TRIGGER:
         tc.pdl_launch_dependents(USE_PDL)
 
@@ -237,14 +280,26 @@ def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, scale_ptr, bas
 # mhc_post (+ the next pre's split-K GEMM and finishing)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr,
+def _load_post_tile(f_blk, r_blk, f_off, r_off, d, m2, D):
+    f = tl.load(f_blk + (f_off + d[None, :]), mask=m2, other=0.0)
+    r0 = tl.load(r_blk + (r_off + d[None, :]), mask=m2, other=0.0)
+    r1 = tl.load(r_blk + (r_off + (D + d)[None, :]), mask=m2, other=0.0)
+    r2 = tl.load(r_blk + (r_off + (2 * D + d)[None, :]), mask=m2, other=0.0)
+    r3 = tl.load(r_blk + (r_off + (3 * D + d)[None, :]), mask=m2, other=0.0)
+    return f, r0, r1, r2, r3
+
+
+@triton.jit
+def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, mix_ptr,
                      scale_ptr, base_ptr, pre_ptr, post_out_ptr, comb_out_ptr,
                      T, D, n_splits, db_per_split, db_rem, rms_eps, hc_eps, post_mult, sinkhorn_iters,
                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr,
-                     FUSE_GEMM: tl.constexpr, MMA: tl.constexpr, USE_PDL: tl.constexpr):
+                     FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr, MIX_W: tl.constexpr,
+                     FUSE_GEMM: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):
     """``out[t,k,d] = post[t,k] * f[t,d] + sum_j comb[t,j,k] * residual[t,j,d]``; with ``FUSE_GEMM``
-    the bf16-rounded new residual (what the next pre reads) also feeds the next pre's GEMM."""
+    the bf16-rounded new residual (what the next pre reads) also feeds the next pre's GEMM.
+    ``PREFETCH``: the next column block's five tiles are requested before this one is computed
+    (plain loads are not pipelined by Triton; this keeps two blocks in flight per program)."""
     pid = tl.program_id(0)
     mblk = pid // n_splits
     split = pid % n_splits
@@ -272,15 +327,25 @@ def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_pt
         sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
 
     tc.pdl_wait(USE_PDL)
+    if PREFETCH:
+        d = db_begin * BLOCK_D + ds
+        fn_, r0n, r1n, r2n, r3n = _load_post_tile(f_blk, r_blk, f_off, r_off, d, row_ok[:, None] & (d < D)[None, :], D)
     for i in range(db_count):
         d = (db_begin + i) * BLOCK_D + ds
         d_ok = d < D
         m2 = row_ok[:, None] & d_ok[None, :]
-        f = tl.load(f_blk + (f_off + d[None, :]), mask=m2, other=0.0).to(tl.float32)
-        r0 = tl.load(r_blk + (r_off + d[None, :]), mask=m2, other=0.0).to(tl.float32)
-        r1 = tl.load(r_blk + (r_off + (D + d)[None, :]), mask=m2, other=0.0).to(tl.float32)
-        r2 = tl.load(r_blk + (r_off + (2 * D + d)[None, :]), mask=m2, other=0.0).to(tl.float32)
-        r3 = tl.load(r_blk + (r_off + (3 * D + d)[None, :]), mask=m2, other=0.0).to(tl.float32)
+        if PREFETCH:
+            fb, r0b, r1b, r2b, r3b = fn_, r0n, r1n, r2n, r3n
+            dn = (db_begin + tl.minimum(i + 1, db_count - 1)) * BLOCK_D + ds  # the last block re-reads itself
+            fn_, r0n, r1n, r2n, r3n = _load_post_tile(f_blk, r_blk, f_off, r_off, dn,
+                                                      row_ok[:, None] & (dn < D)[None, :], D)
+        else:
+            fb, r0b, r1b, r2b, r3b = _load_post_tile(f_blk, r_blk, f_off, r_off, d, m2, D)
+        f = fb.to(tl.float32)
+        r0 = r0b.to(tl.float32)
+        r1 = r1b.to(tl.float32)
+        r2 = r2b.to(tl.float32)
+        r3 = r3b.to(tl.float32)
         # a rolled loop over the output streams: unrolled, the four tl.dot's doubled the registers
         for k in range(4):
             ck = cp + k  # column k of comb: comb[:, j, k] at ck + 4*j
@@ -298,16 +363,16 @@ def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_pt
                 wk = tl.load(w_ptr + (w_off + (k * D + d)[:, None]), mask=n_ok[None, :] & d_ok[:, None], other=0.0)
                 if MMA == "bf16x2":
                     w_hi = wk.to(tl.bfloat16)
-                    w_lo = (wk - w_hi.to(tl.float32)).to(tl.bfloat16)
                     acc = tl.dot(ob, w_hi, acc)
-                    acc = tl.dot(ob, w_lo, acc)
+                    acc = tl.dot(ob, (wk - w_hi.to(tl.float32)).to(tl.bfloat16), acc)
                 else:
                     acc = tl.dot(ov, wk, acc, input_precision=MMA)
 
     if FUSE_GEMM:
-        _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, scale_ptr, base_ptr, pre_ptr, post_out_ptr,
-                                   comb_out_ptr, mblk, split, T, 4 * D, n_splits, rms_eps, hc_eps, post_mult,
-                                   sinkhorn_iters, 24, 32, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS)
+        _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr,
+                                   post_out_ptr, comb_out_ptr, mblk, split, T, 4 * D, n_splits, rms_eps, hc_eps,
+                                   post_mult, sinkhorn_iters, 24, 32, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS,
+                                   MIX_W)
     tc.pdl_launch_dependents(USE_PDL)
 
 

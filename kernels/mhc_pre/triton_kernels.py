@@ -24,7 +24,8 @@ from torch import Tensor
 
 from fusegraph.kernels import _triton_common as tc
 from fusegraph.kernels.mhc_pre.gates import HC_MULT, NUM_MIX
-from fusegraph.kernels.mhc_pre.triton_jit import _collapse_kernel, _post_mix_kernel, _prenorm_gemm_kernel
+from fusegraph.kernels.mhc_pre.triton_jit import (_collapse_kernel, _post_mix_kernel, _prenorm_gemm_kernel,
+                                                  _split_fn_kernel)
 
 MIX_PAD = 32          # GEMM tile width for the 24 mhc_pre mixes (tl.dot needs N >= 16, pow2)
 HEAD_PAD = 16         # ... and for the 4 hc_head mixes
@@ -32,7 +33,10 @@ BLOCK_K = 64          # k-block of the prenorm GEMM (the spec's DeepGEMM/engine 
 MIN_KB_PER_SPLIT = 4  # each split keeps >= 4 k-blocks (engine rule: nKB // 4)
 PROGRAMS_PER_SM = 2   # split-K target: about two resident programs per SM
 MAX_ROW_BLOCK = 8192  # the collapse keeps a [4, D] row in registers up to this D
-FINISH_REGS = 64      # registers per thread for the finishing program's partial tiles
+FINISH_REGS = 96      # registers per thread for the finishing program's partial tiles
+MIX_W = 32            # row of the finishing workspace: the mixes, the sum of squares last
+SPLIT_FN_BLOCK = 256  # k-columns per program of the fn hi/lo split
+PREPASS_MIN_T = 128   # from here on kernel 1 reads a bf16 hi/lo copy of fn (one extra small launch)
 MIN_TICKETS = 1 << 14
 
 
@@ -99,8 +103,8 @@ class GemmConfig:
     n_splits: int
     num_warps: int = 4
     num_stages: int = 3
-    mma: str = "tf32"          # "tf32" | "bf16x2" | "ieee"
-    sq_2d: bool = False        # sum of squares kept as a 2-D tile, reduced once at the end
+    mma: str = "tf32"          # "tf32" | "bf16x2" | "bf16x2pre" | "ieee" (see _prenorm_gemm_kernel)
+    sq_mode: int = 0           # 0 per k-step, 1 2-D tile, 2 tensor cores (bf16 modes)
     early_trigger: bool = False
 
 
@@ -112,6 +116,8 @@ class PostConfig:
     num_warps: int
     num_stages: int
     mma: str = "tf32"
+    prefetch: bool = False
+    fused: bool = True          # False: mhc_post, then mhc_pre's two kernels on the new residual
 
 
 @dataclass(frozen=True)
@@ -154,8 +160,12 @@ def gemm_config(T: int, K: int, device: torch.device, n_splits: Optional[int] = 
     n_kb = tc.cdiv(K, BLOCK_K)
     S = max(1, min(n_splits or split_count(T, block_m, n_kb, MIN_KB_PER_SPLIT, device), n_kb))
     grid = tc.cdiv(T, block_m) * S
+    mma, sq_mode = default_mma(device), 0
+    if mma == "tf32" and T >= PREPASS_MIN_T:
+        # streaming regime: bf16 MMAs on the raw x tile (fn split once per call), x^2 on the tensor cores
+        mma, sq_mode = "bf16x2pre", 2
     return GemmConfig(block_m=block_m, n_splits=S, num_warps=4, num_stages=4 if block_m >= 64 else 3,
-                      mma=default_mma(device), early_trigger=grid <= tc.num_sms(device))
+                      mma=mma, sq_mode=sq_mode, early_trigger=grid <= tc.num_sms(device))
 
 
 def post_config(T: int, D: int, device: torch.device, fuse: bool, n_splits: Optional[int] = None) -> PostConfig:
@@ -182,6 +192,16 @@ def _pad_of(n_mix: int) -> int:
     return MIX_PAD if n_mix > HEAD_PAD else HEAD_PAD
 
 
+def split_fn(fn: Tensor, block_n: int) -> Tensor:
+    """``fn`` fp32 [N, K] -> bf16 [2 * block_n, K] (hi rows, then lo rows; rows past N zero)."""
+    N, K = fn.shape
+    out = empty((2 * block_n, K), torch.bfloat16, fn.device)
+    _split_fn_kernel[(tc.cdiv(K, SPLIT_FN_BLOCK),)](
+        fn, out, N, K, BLOCK_N=block_n, BLOCK=SPLIT_FN_BLOCK, USE_PDL=tc.pdl_enabled(fn.device), num_warps=4,
+        **tc.launch_kwargs(fn.device))
+    return out
+
+
 def prenorm_mix(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, rms_eps: float, hc_eps: float,
                 post_mult: float, sinkhorn_iters: int, cfg: GemmConfig
                 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -191,22 +211,25 @@ def prenorm_mix(x: Tensor, fn: Tensor, scale: Tensor, base: Tensor, rms_eps: flo
     dev = x.device
     plan = make_plan(T, cfg.block_m, tc.cdiv(K, BLOCK_K), cfg.n_splits)
     n_pad = tc.next_pow2(N)
+    block_n = _pad_of(N)
     fin = finish_plan(T, cfg.block_m, plan.n_splits, n_pad, cfg.num_warps)
+    w = split_fn(fn, block_n) if cfg.mma == "bf16x2pre" else fn
     part = empty((plan.n_splits, N, T), torch.float32, dev)
     sq = empty((plan.n_splits, T), torch.float32, dev)
+    mix = empty((T, MIX_W), torch.float32, dev)
     pre = empty((T, HC_MULT), torch.float32, dev)
     full = N == NUM_MIX
     post = empty((T, HC_MULT), torch.float32, dev) if full else None
     comb = empty((T, HC_MULT, HC_MULT), torch.float32, dev) if full else None
     tickets = split_tickets(dev, plan.m_blocks)
     _prenorm_gemm_kernel[plan.grid](
-        x, fn, part, sq, tickets, scale, base, pre, post if full else pre, comb if full else pre,
+        x, w, part, sq, tickets, mix, scale, base, pre, post if full else pre, comb if full else pre,
         T, K, plan.n_splits, plan.per_split, plan.rem, float(rms_eps), float(hc_eps), float(post_mult),
         int(sinkhorn_iters),
-        N=N, N_PAD=n_pad, BLOCK_M=cfg.block_m, BLOCK_N=_pad_of(N), BLOCK_K=BLOCK_K, FIN_M=fin.fin_m,
-        S_CHUNK=fin.s_chunk, N_S_CHUNKS=fin.n_chunks, MMA=cfg.mma, SQ_2D=cfg.sq_2d, USE_PDL=tc.pdl_enabled(dev),
-        EARLY_TRIGGER=cfg.early_trigger, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **tc.launch_kwargs(dev))
+        N=N, N_PAD=n_pad, BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, FIN_M=fin.fin_m,
+        S_CHUNK=fin.s_chunk, N_S_CHUNKS=fin.n_chunks, MIX_W=MIX_W, MMA=cfg.mma, SQ_MODE=cfg.sq_mode,
+        USE_PDL=tc.pdl_enabled(dev), EARLY_TRIGGER=cfg.early_trigger, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **tc.launch_kwargs(dev))
     return pre, post, comb
 
 
@@ -237,22 +260,22 @@ def post_mix(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor, cfg: PostC
     if fuse:
         part = empty((plan.n_splits, NUM_MIX, T), torch.float32, dev)
         sq = empty((plan.n_splits, T), torch.float32, dev)
+        mix = empty((T, MIX_W), torch.float32, dev)
         pre = empty((T, HC_MULT), torch.float32, dev)
         post_next = empty((T, HC_MULT), torch.float32, dev)
         comb_next = empty((T, HC_MULT, HC_MULT), torch.float32, dev)
         tickets = split_tickets(dev, plan.m_blocks)
     else:
-        part = sq = pre = post_next = comb_next = tickets = None
+        part = sq = mix = pre = post_next = comb_next = tickets = None
     dummy = out
     _post_mix_kernel[plan.grid](
-        f, residual, post, comb, out, fn if fuse else dummy, part if fuse else dummy, sq if fuse else dummy,
-        tickets if fuse else dummy, scale if fuse else dummy, base if fuse else dummy, pre if fuse else dummy,
-        post_next if fuse else dummy, comb_next if fuse else dummy,
+        f, residual, post, comb, out, *(t if fuse else dummy for t in (fn, part, sq, tickets, mix, scale, base, pre,
+                                                                       post_next, comb_next)),
         T, D, plan.n_splits, plan.per_split, plan.rem, float(rms_eps), float(hc_eps), float(post_mult),
         int(sinkhorn_iters),
         BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, BLOCK_N=MIX_PAD, FIN_M=fin.fin_m, S_CHUNK=fin.s_chunk,
-        N_S_CHUNKS=fin.n_chunks, FUSE_GEMM=fuse, MMA=cfg.mma, USE_PDL=tc.pdl_enabled(dev),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **tc.launch_kwargs(dev))
+        N_S_CHUNKS=fin.n_chunks, MIX_W=MIX_W, FUSE_GEMM=fuse, MMA=cfg.mma, PREFETCH=cfg.prefetch,
+        USE_PDL=tc.pdl_enabled(dev), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **tc.launch_kwargs(dev))
     return out, pre, post_next, comb_next
 
 
@@ -302,8 +325,8 @@ def mhc_post_pre_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor
                          base: Tensor, norm_weight: Optional[Tensor], rms_eps: float, hc_eps: float,
                          norm_eps: float, sinkhorn_iters: int, post_mult: float,
                          n_splits: Optional[int] = None, max_block_d: int = MAX_ROW_BLOCK,
-                         post_cfg: Optional[PostConfig] = None, collapse_cfg: Optional[CollapseConfig] = None
-                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                         post_cfg: Optional[PostConfig] = None, collapse_cfg: Optional[CollapseConfig] = None,
+                         gemm_cfg: Optional[GemmConfig] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     f, residual, post, comb, fn, scale, base, norm_weight = map(
         _c, (f, residual, post, comb, fn, scale, base, norm_weight))
     T, _, D = residual.shape
@@ -312,11 +335,19 @@ def mhc_post_pre_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor
     dev = residual.device
     with tc.device_guard(dev):
         cfg = post_cfg or post_config(T, D, dev, True, n_splits)
-        new_residual, pre, post_next, comb_next = post_mix(f, residual, post, comb, cfg, fn, scale, base, rms_eps,
-                                                           hc_eps, post_mult, sinkhorn_iters)
-        # kernel 1 writes the residual kernel 2 reads: no early row loads
-        out = collapse(new_residual, pre, norm_weight, norm_eps, False,
-                       collapse_cfg or collapse_config(D, max_block_d))
+        col_cfg = collapse_cfg or collapse_config(D, max_block_d)
+        if cfg.fused:
+            new_residual, pre, post_next, comb_next = post_mix(f, residual, post, comb, cfg, fn, scale, base, rms_eps,
+                                                               hc_eps, post_mult, sinkhorn_iters)
+            # kernel 1 writes the residual kernel 2 reads: no early row loads
+            out = collapse(new_residual, pre, norm_weight, norm_eps, False, col_cfg)
+        else:  # three passes: mhc_post, then mhc_pre's kernels on the new residual
+            new_residual = post_mix(f, residual, post, comb, post_config(T, D, dev, False))[0]
+            pre, post_next, comb_next = prenorm_mix(new_residual.view(T, HC_MULT * D), fn, scale, base, rms_eps,
+                                                    hc_eps, post_mult, sinkhorn_iters,
+                                                    gemm_cfg or gemm_config(T, HC_MULT * D, dev, n_splits))
+            # the post kernel finished before the GEMM's programs released the collapse: early rows are safe
+            out = collapse(new_residual, pre, norm_weight, norm_eps, True, col_cfg)
     return new_residual, out, post_next, comb_next
 
 
@@ -337,6 +368,6 @@ def hc_head_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, n
 
 
 assert NUM_MIX <= MIX_PAD
-__all__ = ["empty", "split_tickets", "GemmConfig", "PostConfig", "CollapseConfig", "gemm_config", "post_config",
+__all__ = ["empty", "split_tickets", "split_fn", "GemmConfig", "PostConfig", "CollapseConfig", "gemm_config", "post_config",
            "collapse_config", "prenorm_mix", "collapse", "post_mix", "mhc_pre_forward", "mhc_post_forward",
            "mhc_post_pre_forward", "hc_head_forward", "replace"]

@@ -4,7 +4,8 @@
   tile feeds all of them (MQA: one kv row per token serves every head). ``tl.dot`` wants >= 16
   rows, so fewer heads are padded (masked) up to 16.
 * kv tiles: ``block_n`` index entries per step of the online softmax; the two index lists are
-  tiled separately (a tile never straddles the window and compressed lists).
+  tiled separately (a tile never straddles the window and compressed lists) but walked by one
+  loop, so the pipeliner prefetches across the boundary.
 * Split-K: with few tokens a grid of ``T * head_blocks`` leaves most SMs idle (one program at
   T = 1, flash), so the tiles of a token are spread over ``splits`` programs that write fp32
   partials (unnormalized accumulator, running max, running sum); a combine kernel merges them and
@@ -13,6 +14,13 @@
   partials: the attention kernel finishes the output itself.
 
 ``OVERRIDES`` lets benchmarks sweep fields (e.g. ``{"block_h": 32}``) without code changes.
+
+GPU defaults, from ``benchmarks/ops_sparse.py --sweep`` on an H200 (CUDA-graph µs,
+``benchmarks/results/ops_sparse_h200_tuned.json``): 64 heads x 64 rows, 8 warps, 3 stages.
+flash T=512: 272 (block_n 32: 341, 2 stages: 309, 16 heads / 4 warps: 852); pro T=512: 901
+(1145, 1025, 2950). One program per SM either way (255 registers, 170 KB shared memory): the
+fp32 accumulator of 64 heads x 512 channels is half the register file. At T = 1 the plans are
+within ~3 µs of each other (13.8 .. 18.9), all far above the launch/latency floor.
 """
 from __future__ import annotations
 
@@ -52,7 +60,7 @@ def base_plan(num_heads: int, gpu: bool) -> AttnPlan:
     if not gpu:  # interpreter: the smallest legal tiles keep CPU tests fast
         return AttnPlan(block_h=16, block_n=16, num_warps=4, num_stages=1, max_splits=64)
     block_h = min(64, _pow2_at_least(num_heads, 16))
-    return AttnPlan(block_h=block_h, block_n=32, num_warps=4 if block_h <= 16 else 8, num_stages=3,
+    return AttnPlan(block_h=block_h, block_n=64, num_warps=4 if block_h <= 16 else 8, num_stages=3,
                     max_splits=64)
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from fusegraph.kernels import _triton_common as tc
 from fusegraph.kernels.gather_dequant.reference import HEAD_DIM
 from fusegraph.kernels.gather_dequant.triton import cache_reason, index_reason
-from fusegraph.kernels.gather_dequant.triton_fp8 import fp8_native
+from fusegraph.kernels.gather_dequant.triton_fp8 import fp8_native, page_shift
 
 from .plan import AttnPlan, make_plan
 from .reference import sparse_attn_sink
@@ -61,12 +61,13 @@ def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, 
 
 
 def _cache_args(cache: Tensor, page_size: int, used: bool, q: Tensor) -> tuple:
-    """(bytes, bf16 view, page stride, page size) kernel arguments of a cache. An unused cache (its
-    index list is empty) may be a placeholder of any shape, even empty: q's memory stands in for it
-    (never read), so the launcher is never handed a null pointer."""
+    """(bytes, bf16 view, page stride, page size, log2 page size or -1) kernel arguments of a cache.
+    An unused cache (its index list is empty) may be a placeholder of any shape, even empty: q's
+    memory stands in for it (never read), so the launcher is never handed a null pointer."""
     if not used:
-        return q.view(torch.uint8), q, 0, 1
-    return cache, cache.view(torch.bfloat16), cache.stride(0), page_size
+        return q.view(torch.uint8), q, 0, 1, 0
+    shift = page_shift(page_size)
+    return cache, cache.view(torch.bfloat16), cache.stride(0), page_size, -1 if shift is None else shift
 
 
 @sparse_attn_sink.provider("triton", targets=tc.provider_targets(), priority=20,
@@ -114,7 +115,8 @@ def launch(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_ca
         out, out.stride(0), out.stride(1),
         part_acc, part_ml,
         H, plan.splits, plan.tiles_per_split, softmax_scale * LOG2E,
-        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, SPLIT=plan.split, NATIVE_FP8=fp8_native(device),
+        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, SPLIT=plan.split, POW2_PAGES=swa[4] >= 0 and cmp[4] >= 0,
+        NATIVE_FP8=fp8_native(device),
         INTERPRET=interpret, USE_PDL=use_pdl, num_warps=plan.num_warps, num_stages=plan.num_stages, **extra)
     if plan.split:
         combine_kernel[(T * H,)](

@@ -56,19 +56,19 @@ def _dot(a, b, acc, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _tile_slots(tile, last, tiles_swa, swa_idx_row, k_swa, cmp_idx_row, k_cmp, BLOCK_N: tl.constexpr):
-    """int64 slots of tile ``tile`` (window tiles first, then compressed ones); -1 for invalid
+    """int32 slots of tile ``tile`` (window tiles first, then compressed ones); -1 for invalid
     entries, past the list's end, and for every entry when ``tile >= last`` (nothing is read)."""
     is_swa = tile < tiles_swa
     offs = tl.where(is_swa, tile, tile - tiles_swa) * BLOCK_N + tl.arange(0, BLOCK_N)
     idx_row = tl.where(is_swa, swa_idx_row, cmp_idx_row)
     k_len = tl.where(is_swa, k_swa, k_cmp)
-    return tl.load(idx_row + offs, mask=(offs < k_len) & (tile < last), other=-1).to(tl.int64)
+    return tl.load(idx_row + offs, mask=(offs < k_len) & (tile < last), other=-1).to(tl.int32)
 
 
 @triton.jit
 def _tile_fetch(tile, tiles_swa, slots,
-                swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size,
-                cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size):
+                swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_page_shift,
+                cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_page_shift, POW2_PAGES: tl.constexpr):
     """Issue the loads of the rows of ``slots`` (tile ``tile`` of its list): (valid, raw bytes ...)."""
     is_swa = tile < tiles_swa
     valid = slots >= 0
@@ -77,7 +77,8 @@ def _tile_fetch(tile, tiles_swa, slots,
     cache_bf16_ptr = tl.where(is_swa, swa_bf16_ptr, cmp_bf16_ptr)
     page_stride = tl.where(is_swa, swa_page_stride, cmp_page_stride)
     page_size = tl.where(is_swa, swa_page_size, cmp_page_size)
-    row_off, scale_off = fp8_row_offsets(tl.where(valid, slots, 0), page_stride, page_size)
+    page_shift = tl.where(is_swa, swa_page_shift, cmp_page_shift)
+    row_off, scale_off = fp8_row_offsets(tl.where(valid, slots, 0), page_stride, page_size, page_shift, POW2_PAGES)
     raw_a, raw_b, raw_c, rope, word = load_fp8_rows(cache_ptr, cache_bf16_ptr, row_off, scale_off, valid)
     return valid, raw_a, raw_b, raw_c, rope, word
 
@@ -153,14 +154,14 @@ def _finish_rows(acc, w, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
 @triton.jit
 def sparse_attn_kernel(
     q_ptr, q_stride_t, q_stride_h,
-    swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_idx_ptr, swa_idx_stride, k_swa,
-    cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_idx_ptr, cmp_idx_stride, k_cmp,
+    swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_page_shift, swa_idx_ptr, swa_idx_stride, k_swa,
+    cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_page_shift, cmp_idx_ptr, cmp_idx_stride, k_cmp,
     sink_ptr, cos_ptr, cos_stride, sin_ptr, sin_stride,
     out_ptr, out_stride_t, out_stride_h,
     part_acc_ptr, part_ml_ptr,
     num_heads, num_splits, tiles_per_split, qk_scale,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, NATIVE_FP8: tl.constexpr,
-    INTERPRET: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, POW2_PAGES: tl.constexpr,
+    NATIVE_FP8: tl.constexpr, INTERPRET: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     # program -> (token, split, head block); head blocks of one (token, split) are adjacent so
     # their reads of the same kv rows hit L2.
@@ -189,8 +190,8 @@ def sparse_attn_kernel(
     for tile in range(first, last):
         slots = _tile_slots(tile, last, tiles_swa, swa_row, k_swa, cmp_row, k_cmp, BLOCK_N)
         valid, raw_a, raw_b, raw_c, k_r, word = _tile_fetch(
-            tile, tiles_swa, slots, swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size,
-            cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size)
+            tile, tiles_swa, slots, swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_page_shift,
+            cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_page_shift, POW2_PAGES)
         k = _kv_tile(raw_a, raw_b, raw_c, k_r, word, NATIVE_FP8)
         m_i, l_i, acc = _softmax_step(q, valid, k, m_i, l_i, acc, qk_scale, INTERPRET)
 

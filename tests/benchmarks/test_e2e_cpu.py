@@ -29,8 +29,12 @@ from benchmarks import e2e, plot  # noqa: E402
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "dry.json"
+    # The richest layer (ratio 4: compressor + indexer). Fused ops run their torch reference: the
+    # kernels have their own tests, and under TRITON_INTERPRET=1 they would double the run time.
+    # torch.compile with the "eager" backend: Dynamo's graph capture (breaks, opaque custom ops)
+    # without AOT/Inductor code generation.
     argv = ["--dry-run", "--ratios", "4", "--T", "8", "--variants", "eager,fusegraph,fusegraph_compile",
-            "--compile-backend", "eager", "--out", str(out)]
+            "--compile-backend", "eager", "--provider", "*=torch", "--out", str(out)]
     try:
         rc = e2e.main(argv)
     finally:
@@ -78,6 +82,57 @@ def test_dry_run_export_and_fusable_part(dry_run):
     goals = {g["name"]: g["passed"] for g in data["goals"]}
     assert all(v is not False for v in goals.values()), data["goals"]
     assert goals["torch.export of the fused graph"] is True
+
+
+@pytest.mark.slow
+def test_timing_path_with_fake_clocks(monkeypatch):
+    """The GPU path's plumbing on CPU: timers replaced by fakes that still run the call (so capture
+    and replay outputs exist), PDL claimed supported: both PDL settings are measured for the fused
+    variants, graph timing and replay checks happen for T <= graph_max_T only, the fusable part is
+    timed, and the goals are computed from those numbers."""
+    calls = {"stream": 0, "graph": 0}
+
+    def fake_stream(call, iters, warmup=2):
+        calls["stream"] += 1
+        call()
+        return 100.0
+
+    def fake_graph(call, replays):
+        calls["graph"] += 1
+        return 50.0, e2e._clone(call())
+
+    monkeypatch.setattr(e2e, "time_stream", fake_stream)
+    monkeypatch.setattr(e2e, "time_graph", fake_graph)
+    monkeypatch.setattr(e2e, "pdl_supported", lambda device: True)
+    opts = e2e.parse_args(["--dry-run", "--ratios", "0", "--T", "1,8", "--variants", "eager,fusegraph",
+                           "--provider", "*=torch", "--compile-backend", "eager", "--no-export",
+                           "--graph-max-T", "1", "--fusable-max-T", "1"])
+    opts.timing = True
+    try:
+        from fusegraph.cli.compiling import forced_providers
+        with forced_providers(opts.providers):
+            result = e2e.Runner(opts, lambda msg: None).run()
+    finally:
+        torch._dynamo.reset()
+    rows = {(r.T, r.variant, r.pdl): r for r in result.rows}
+    assert set(rows) == {(T, v, p) for T in (1, 8) for v, p in
+                         (("eager", None), ("fusegraph", True), ("fusegraph", False))}
+    assert all(not r.error and not r.skipped for r in rows.values()), [r.error or r.skipped for r in rows.values()]
+    assert rows[(1, "fusegraph", True)].graph_us == 50.0 and rows[(1, "fusegraph", False)].replay_matches is True
+    assert rows[(8, "fusegraph", True)].graph_us is None and rows[(8, "fusegraph", True)].stream_us == 100.0
+    assert rows[(1, "eager", None)].replay_matches is None  # the replay check is for the fused variants
+    (part,) = result.fusable
+    assert (part.T, part.eager_graph_us, part.compile_graph_us, part.fused_graph_us,
+            part.fused_graph_us_pdl_off) == (1, 50.0, 50.0, 50.0, 50.0)
+    # 6 stream timings (3 rows per T), 3 graph timings of rows at T=1, 4 of the fusable part
+    assert calls == {"stream": 6, "graph": 7}
+    goals = {g.name: g for g in result.goals}
+    assert goals["decode fusable part, T=1"].value == pytest.approx(1.0)
+    assert goals["decode fusable part, T=1"].passed is False
+    assert goals["prefill whole layer, T=8"].passed is None  # no torch.compile row to compare with
+    assert goals["CUDA-graph replay equals the plain run (fused variants)"].passed is True
+    text = e2e.format_report(result)
+    assert "x compile+cg" in text and "[FAIL] decode fusable part" in text
 
 
 def test_cli_without_gpu_exits_2(capsys):
@@ -170,7 +225,7 @@ def test_compile_projection_and_forward_budget():
     budget.forward_s[(0, "eager")] = (64, 0.5)
     assert budget.forward_skip(0, "eager", 64) is None
     assert "case-budget" in budget.forward_skip(0, "eager", 4096)
-    assert budget.iters_for(0.001, 20) == 20 and budget.iters_for(4.0, 20) == 3
+    assert budget.iters_for(0.001, 20) == 20 and budget.iters_for(0.5, 20) == 5 and budget.iters_for(4.0, 20) == 3
 
 
 def test_region_graph_keeps_exactly_the_replaced_nodes():

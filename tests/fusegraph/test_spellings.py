@@ -54,18 +54,9 @@ SPELLINGS = [
     ok(mhc("mhc-post_matmul_transpose-collapse_bmm-swapped-scalars_left", post="matmul_t", collapse="bmm",
            arith=dict(swap=True, scalar_left=True))),
     ok(mhc("mhc-post_python_loop-collapse_python_loop", post="loop", collapse="loop")),
-    xfail(mhc("mhc-post_bmm_comb.mT", post="bmm"),
-          "mhc_post not matched: the binder binds comb to `comb.mT` (the .mT attribute is a getattr node, not "
-          "plumbing); near miss (semantics): 'output 0 of mhc_post ((16, 4, 64), torch.bfloat16) is not computed: "
-          "`square` (pow of float_1) computes a value the pattern never computes, although its operands match "
-          "pattern values'"),
-    xfail(mhc("mhc-linear_x@fn.T", arith=dict(linear="matmul_T")),
-          "mhc_pre_norm and hc_head_norm not matched, no near miss reported: `fn.T` is a getattr node, so fn is "
-          "no seed (not consumed by a matmul through plumbing)"),
-    xfail(mhc("mhc-two_sublayers-post_then_pre", sublayers=2),
-          "mhc_post_pre not composed: counts are {'mhc_pre_norm': 2, 'mhc_post': 2, 'hc_head_norm': 1}; the rewrite "
-          "replaces the fp32 value before `.to(torch.bfloat16)`, so the next mhc_pre reads a cast of the mhc_post "
-          "call, not the call"),
+    ok(mhc("mhc-post_bmm_comb.mT", post="bmm")),
+    ok(mhc("mhc-linear_x@fn.T", arith=dict(linear="matmul_T"))),
+    ok(mhc("mhc-two_sublayers-post_then_pre", sublayers=2)),
     # -- attention: q per-head norm + RoPE, kv norm + RoPE + FP8 ------------------------------------
     ok(attn("attn-model")),
     ok(attn("attn-to_f32-pow2-index_None-pos_slice-view_heads", arith=dict(cast="to", square="pow", unsqueeze="none"),

@@ -174,3 +174,37 @@ def test_gates():
     bad = list(args)
     bad[0] = bad[0].float()
     assert "bfloat16" in deepgemm.supports_pre(*bad)
+
+
+# -- GPU: the finisher compiled for the device (stand-in GEMM), and the real deep_gemm if installed ---------
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or tc.interpreting(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("T,D", [(1, 4096), (37, 4096), (300, 7168)])
+def test_finisher_on_gpu_with_stand_in(stand_in, T, D):
+    args = inputs.mhc_pre_args(T, D, device="cuda", norm=True, seed=T)
+    check_pre(args, run(deepgemm.mhc_pre_forward, args))
+    head = inputs.hc_head_args(T, D, device="cuda", norm=True, seed=T)
+    out = run(deepgemm.hc_head_forward, head)
+    assert torch.isfinite(out).all() and rel_l2(out, hc_head_math(*head, acc_dtype=torch.float64)) < BF16_TOL
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("T,S", [(13, 1), (137, 16)])
+def test_real_deep_gemm_keeps_the_contract(T, S):
+    """When deep_gemm imports on the GPU machine: its partials sum like the stand-in's (TF32 tolerance)."""
+    if deepgemm.deep_gemm_missing():
+        pytest.skip(deepgemm.deep_gemm_missing())
+    real = deepgemm.deep_gemm_module()
+    g = torch.Generator(device="cuda").manual_seed(T)
+    a = torch.randn(T, 7168, generator=g, device="cuda").bfloat16()
+    b = torch.randn(24, 7168, generator=g, device="cuda") / 7168 ** 0.5
+    d, sq = torch.full((S, T, 24), float("nan"), device="cuda"), torch.full((S, T), float("nan"), device="cuda")
+    real.tf32_hc_prenorm_gemm(a, b, d, sq, num_splits=S)
+    d_ref, sq_ref = torch.empty_like(d), torch.empty_like(sq)
+    StandIn().tf32_hc_prenorm_gemm(a, b, d_ref, sq_ref, num_splits=S)
+    assert torch.isfinite(d).all() and torch.isfinite(sq).all()
+    assert rel_l2(d.sum(0), d_ref.sum(0)) < 1e-3 and rel_l2(sq.sum(0), sq_ref.sum(0)) < 1e-5

@@ -145,19 +145,19 @@ def test_buckets_grow_with_n():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("native", [False, True], ids=["int-decode", "native-decode"])
-@pytest.mark.parametrize("n", [1, 77, 5000, 70000])
-def test_gpu_triton_bitwise(monkeypatch, native, n):
+@pytest.mark.parametrize("n,page_size", [(1, 64), (77, 64), (5000, 64), (70000, 64), (5000, 48)])
+def test_gpu_triton_bitwise(monkeypatch, native, n, page_size):
     if native and _target() not in ("sm90", "sm100"):
         pytest.skip("Triton's native e4m3 conversion needs sm89+ NVIDIA")
     poison(monkeypatch)
     monkeypatch.setattr(triton_fp8, "FORCE_NATIVE_FP8", native)
-    cache, exact = build_cache(512, page_size=64, seed=11)
+    cache, exact = build_cache(512, page_size=page_size, seed=11)   # 48: pages not a power of two
     gen = torch.Generator().manual_seed(n)
     slots = torch.randint(-1, 512, (n,), generator=gen, dtype=torch.int32)
-    out = gather_dequant(cache.cuda(), slots.cuda(), 64)
-    assert gather_dequant.select(_target(), (cache.cuda(), slots.cuda(), 64)).provider == "triton"
+    out = gather_dequant(cache.cuda(), slots.cuda(), page_size)
+    assert gather_dequant.select(_target(), (cache.cuda(), slots.cuda(), page_size)).provider == "triton"
     assert torch.equal(bits(out.cpu()), bits(expected_rows(exact, slots)))
-    ref = gather_dequant.reference(cache.cuda(), slots.cuda(), 64)
+    ref = gather_dequant.reference(cache.cuda(), slots.cuda(), page_size)
     assert torch.equal(bits(out), bits(ref))
 
 

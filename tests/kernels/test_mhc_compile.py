@@ -39,21 +39,25 @@ def build(fn, sig, consts, num_warps, arch, num_stages):
     return {"cubin": len(c.asm["cubin"]) > 0, "pdl": "griddepcontrol.wait" in ptx, "smem": c.metadata.shared,
             "local": "ld.local" in ptx or "st.local" in ptx}
 
-P = dict(x_ptr="*bf16", w_ptr="*fp32", part_ptr="*fp32", sq_ptr="*fp32", cnt_ptr="*i32", f_ptr="*bf16",
+P = dict(fn_ptr="*fp32", mix_ptr="*fp32", x_ptr="*bf16", w_ptr="*fp32", part_ptr="*fp32", sq_ptr="*fp32", cnt_ptr="*i32", f_ptr="*bf16",
          res_ptr="*bf16", post_ptr="*fp32", comb_ptr="*fp32", out_ptr="*bf16", scale_ptr="*fp32", base_ptr="*fp32",
          pre_ptr="*fp32", post_out_ptr="*fp32", comb_out_ptr="*fp32", norm_w_ptr="*bf16", rms_eps="fp32",
          hc_eps="fp32", norm_eps="fp32", post_mult="fp32")
-GEMM = dict(N=24, N_PAD=32, BLOCK_N=tk.MIX_PAD, BLOCK_K=tk.BLOCK_K, SQ_2D=False)
+GEMM = dict(N=24, N_PAD=32, BLOCK_N=tk.MIX_PAD, BLOCK_K=tk.BLOCK_K, MIX_W=tk.MIX_W)
 KERNELS = {
     "gemm": lambda pdl: (tj._prenorm_gemm_kernel, dict(GEMM, BLOCK_M=64, FIN_M=64, S_CHUNK=4, N_S_CHUNKS=1,
-                                                      MMA="bf16x2", USE_PDL=pdl, EARLY_TRIGGER=False), 4, 4),
+                                                      MMA="bf16x2pre", SQ_MODE=2, USE_PDL=pdl,
+                                                      EARLY_TRIGGER=False), 4, 4, {"w_ptr": "*bf16"}),
     "gemm_small": lambda pdl: (tj._prenorm_gemm_kernel, dict(GEMM, BLOCK_M=16, FIN_M=1, S_CHUNK=64, N_S_CHUNKS=1,
-                                                            MMA="tf32", USE_PDL=pdl, EARLY_TRIGGER=True), 4, 3),
+                                                            MMA="tf32", SQ_MODE=0, USE_PDL=pdl,
+                                                            EARLY_TRIGGER=True), 4, 3),
     "post_fused": lambda pdl: (tj._post_mix_kernel, dict(BLOCK_M=64, BLOCK_D=32, BLOCK_N=tk.MIX_PAD, FIN_M=64,
-                                                        S_CHUNK=4, N_S_CHUNKS=1, FUSE_GEMM=True, MMA="tf32",
-                                                        USE_PDL=pdl), 8, 2),
+                                                        S_CHUNK=4, N_S_CHUNKS=1, MIX_W=tk.MIX_W, FUSE_GEMM=True,
+                                                        MMA="tf32", PREFETCH=True, USE_PDL=pdl), 8, 2),
     "post": lambda pdl: (tj._post_mix_kernel, dict(BLOCK_M=1, BLOCK_D=1024, BLOCK_N=tk.MIX_PAD, FIN_M=1, S_CHUNK=1,
-                                                  N_S_CHUNKS=1, FUSE_GEMM=False, MMA="tf32", USE_PDL=pdl), 4, 2),
+                                                  N_S_CHUNKS=1, MIX_W=tk.MIX_W, FUSE_GEMM=False, MMA="tf32",
+                                                  PREFETCH=False, USE_PDL=pdl), 4, 2),
+    "split_fn": lambda pdl: (tj._split_fn_kernel, dict(BLOCK_N=tk.MIX_PAD, BLOCK=tk.SPLIT_FN_BLOCK, USE_PDL=pdl), 4, 1),
     "collapse": lambda pdl: (tj._collapse_kernel, dict(BLOCK_D=8192, NUM_CHUNKS=1, HAS_NORM=True, ROW_EARLY=True,
                                                       USE_PDL=pdl), 16, 1),
 }
@@ -61,8 +65,8 @@ KERNELS = {
 PLAN = [(90, k) for k in KERNELS] + [(80, "post_fused"), (100, "gemm")]
 out = {}
 for arch, name in PLAN:
-    fn, consts, warps, stages = KERNELS[name](arch >= 90)
-    out[f"{name}@sm{arch}"] = build(fn, P, consts, warps, arch, stages)
+    fn, consts, warps, stages, *sig = KERNELS[name](arch >= 90)
+    out[f"{name}@sm{arch}"] = build(fn, dict(P, **(sig[0] if sig else {})), consts, warps, arch, stages)
 json.dump(out, sys.stdout)
 '''
 
@@ -75,7 +79,7 @@ def test_kernels_compile_for_gpu_targets():
         pytest.skip("no ptxas in this Triton install")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
-    assert len(results) == 7
+    assert len(results) == 8
     for name, r in results.items():
         assert r["cubin"], name
         assert not r["local"], f"{name}: local memory (register spills)"

@@ -201,6 +201,15 @@ def test_triton_matches_oracle(monkeypatch, poisoned, T, H, Kw, Kc, splits, nati
 
 
 @needs_interpreter
+@pytest.mark.parametrize("swa_page_size,cmp_page_size", [(6, 16), (4, 5)])
+def test_triton_pages_not_power_of_two(monkeypatch, poisoned, swa_page_size, cmp_page_size):
+    """Either pool paged by a non-power of two: the kernel divides instead of shifting."""
+    c = make_case(2, 3, 9, 11, seed=swa_page_size * 10 + cmp_page_size, swa_page_size=swa_page_size,
+                  cmp_page_size=cmp_page_size)
+    check(run_triton(c, monkeypatch, splits=2), c)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("splits", [1, 2])
 def test_triton_all_invalid_gives_zeros(monkeypatch, poisoned, splits):
     c = make_case(2, 3, 9, 17, seed=7)
@@ -264,6 +273,17 @@ def test_gpu_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, native):
     out = sparse_attn_sink(*c.args())
     check(out, c)
     assert rel_l2(out, sparse_attn_sink.reference(*c.args()).double()) < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("splits", [None, 1, 3])
+def test_gpu_lists_not_multiple_of_tile(monkeypatch, poisoned, splits):
+    """GPU tiles over lists whose lengths are not multiples of the kv tile (masked tails on both
+    sides of the window/compressed boundary), invalid entries, duplicates and an empty token."""
+    c = make_case(4, 64, 100, 300, seed=40 + (splits or 0), swa_rows=1024, cmp_rows=2048, swa_page_size=64,
+                  cmp_page_size=48 if splits == 3 else 64).to("cuda")      # 48: the division path
+    check(run_triton(c, monkeypatch, splits, native=True), c)
 
 
 @pytest.mark.gpu

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from conftest import TOY, run_cli, show
+from cli_helpers import TOY, run_cli, show
 from fusegraph.render.schema import COMPARE, validate
 
 BROKEN_FACTORY = '''
@@ -92,20 +92,18 @@ def _write_broken_factory(tmp_path):
     (tmp_path / "broken_factory.py").write_text(textwrap.dedent(BROKEN_FACTORY))
 
 
-def _pick_op_to_break() -> tuple[str, int, list[dict]]:
+def _pick_op_to_break(compare_json: dict) -> tuple[str, int, list[dict]]:
     """The op whose first site comes latest: bisect then has to skip over good sites."""
-    proc = run_cli("report", TOY, "--format", "json", "-q")
-    assert proc.returncode == 0, show(proc)
-    sites = json.loads(proc.stdout)["sites"]
+    sites = compare_json["sites"]
     first: dict[str, int] = {}
-    for i, s in enumerate(sites):
-        first.setdefault(s["op"], i)
+    for s in sites:
+        first.setdefault(s["op"], s["index"])
     op = max(first, key=first.get)
     return op, first[op], sites
 
 
-def test_bisect_finds_the_broken_site_and_provider_option_fixes_it(tmp_path):
-    op, first_index, sites = _pick_op_to_break()
+def test_bisect_finds_the_broken_site_and_provider_option_fixes_it(tmp_path, toy_compare):
+    op, first_index, sites = _pick_op_to_break(json.loads((toy_compare[1] / "compare.json").read_text()))
     _write_broken_factory(tmp_path)
     env = {"FUSEGRAPH_TEST_BROKEN_OP": op}
     proc = run_cli("compare", "broken_factory:make", "--bisect", "-o", str(tmp_path / "out"), cwd=tmp_path, env=env)

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import run_cli, show
+from cli_helpers import run_cli, show
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TOY, run_cli, show
+from cli_helpers import TOY, run_cli, show
 from fusegraph.cli.main import main
 
 FACTORIES = '''

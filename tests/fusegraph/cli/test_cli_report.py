@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import TOY, TOY_WITH_CONFIG, run_cli, show
+from cli_helpers import TOY, TOY_WITH_CONFIG, run_cli, show
 from fusegraph.render.schema import REPORT, validate
 
 

@@ -46,14 +46,15 @@ that the GEMMs between them keep apart in the real layer), so the speedup is a l
 
 Checks (pass/fail in the output): CUDA-graph replay of the fused variants equals their plain run;
 ``torch.export.export(compiled.fused)`` succeeds and its program gives the fused output; no graph
-breaks in ``fusegraph_compile``; every output within tolerance. Goals (``GOALS``) are evaluated on
-the measured numbers of the same run.
+breaks in ``fusegraph_compile``; every output within tolerance. Goals (``evaluate_goals``) are
+computed from the numbers of the same run.
 
 Budgets: a (variant, T) whose forward is projected past ``--case-budget`` seconds is skipped with
-the reason, as is a fusegraph compile projected past ``--compile-budget`` (compile time grows with
-T: it is fitted on the compiles done so far; with a single point a probe compile at T = 64 is made
-first) and everything past ``--time-budget``. Out-of-memory skips the case. Results go to JSON
-(``--out``), a plot (``--plot``, see ``benchmarks/plot.py``) and a markdown headline (``--markdown``).
+the reason. ``fusegraph.compile`` is aborted past ``--compile-budget`` (checked between patterns)
+and skipped where projected past it (its time grows ~linearly with T above ~1k tokens, see
+``Budget.compile_projection``); everything past ``--time-budget`` is skipped. Out-of-memory skips
+the case. Results go to JSON (``--out``), a plot (``--plot``, see ``benchmarks/plot.py``) and a
+markdown headline (``--markdown``).
 """
 from __future__ import annotations
 
@@ -81,11 +82,11 @@ FUSED_VARIANTS = frozenset({"fusegraph", "fusegraph_compile"})
 COMPILED_VARIANTS = frozenset({"compile", "fusegraph_compile"})
 DECODE_TOKENS = (1, 8, 64)
 PREFILL_TOKENS = (4096, 16384)
-QUICK_TOKENS = (1, 4096)
+QUICK_TOKENS = (1,)           # compiles dominate a short slot: the decode goal only
 DRY_RUN_TOKENS = (8,)
 RATIOS = (0, 4, 128)
 ATTENTION_OPS = frozenset({"sparse_attn_sink", "gather_dequant"})  # not part of "the fusable part"
-COMPILE_PROBE_T = 64            # token count of the probe compile used to project compile time
+COMPILE_LINEAR_T = 1024         # from this T on, fusegraph.compile time grows ~linearly with T
 REPLAY_RTOL = 1e-5              # CUDA-graph replay vs plain run: bitwise expected, this allowed
 GOAL_DECODE_FUSABLE_X = 3.0     # fusable part at T = 1: x faster than torch.compile + CUDA graphs
 GOAL_PREFILL_LAYER_X = 1.3      # whole layer at prefill T: x faster than torch.compile
@@ -114,10 +115,16 @@ class Stack:
     max_seq_len: int
 
 
-def build_stack(preset: str, ratios: Sequence[int], max_tokens: int, device: torch.device, seed: int) -> Stack:
+def build_stack(preset: str, ratios: Sequence[int], max_tokens: int, device: torch.device, seed: Optional[int],
+                max_seq_len: Optional[int] = None) -> Stack:
+    """One layer per compress ratio. ``max_seq_len`` (cache capacity; default 16384, 512 for ``tiny``)
+    is raised to ``max_tokens`` if needed; it is fixed rather than derived from the token counts so
+    that runs with different ``--T`` time the same caches (the reference attention reads the whole
+    window cache)."""
     from fusegraph.models.presets import build_model
 
-    max_seq_len = max(4096 if preset != "tiny" else 512, -(-max_tokens // 128) * 128)
+    default = 512 if preset == "tiny" else 16384
+    max_seq_len = max(max_seq_len or default, -(-max_tokens // 128) * 128)
     model = build_model(preset, device=device, seed=seed, n_layers=len(ratios), compress_ratios=tuple(ratios),
                         max_seq_len=max_seq_len, vocab_size=4096)
     model.eval()
@@ -151,7 +158,7 @@ class Row:
     gpu_us: Optional[float] = None   # their summed device time
     fused_calls: Optional[int] = None
     fused_share: Optional[float] = None  # device time inside fusegraph:: ops / gpu_us
-    compile_s: Optional[float] = None
+    compile_s: Optional[float] = None  # fusegraph: fusegraph.compile; torch.compile variants: first call
     graph_breaks: Optional[int] = None
     graphs: Optional[int] = None
     rel_l2: Optional[float] = None   # vs fp64 (or vs eager when no fp64 reference)
@@ -159,6 +166,7 @@ class Row:
     check_reason: str = ""
     replay_matches: Optional[bool] = None
     replay_rel_l2: Optional[float] = None
+    graph_error: str = ""            # CUDA-graph capture or replay failed (the stream time still stands)
     sites: Optional[dict[str, int]] = None
     skipped: str = ""
     error: str = ""
@@ -259,6 +267,7 @@ class Options:
     timing: bool                     # False: the dry path (run once, no timing)
     export_check: bool
     fusable_max_T: int
+    max_seq_len: Optional[int]
     patterns: Optional[list[str]]   # fusegraph.compile(patterns=...); None: all
     providers: dict[str, list[str]]  # forced provider order per op ("*": every op), fusegraph.ops.prefer
     seed: int
@@ -288,7 +297,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
     p.add_argument("--pdl", choices=("both", "on", "off"), default="both",
                    help="PDL settings for the fused variants (default both)")
     p.add_argument("--quick", action="store_true",
-                   help="a short GPU slot: T=1,4096, fewer repeats, tighter budgets (~4 min on an H100)")
+                   help="a short GPU slot (~4 min on an H100): T=1 (the decode goal), fewer repeats, "
+                        "a time budget; prefill needs its own slot (e.g. --T 4096)")
     p.add_argument("--dry-run", action="store_true",
                    help="CPU path on the tiny preset: build, compile, run every variant once, check outputs, "
                         "no timing")
@@ -300,13 +310,15 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
                    help="fp64 reference of the layer for T <= this (default 64); above, outputs are judged "
                         "against eager")
     p.add_argument("--fusable-max-T", type=int, default=64, help="measure the fusable part for T <= this")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="cache capacity in tokens (default 16384; tiny 512; at least the largest T)")
     p.add_argument("--case-budget", type=float, default=None,
                    help="seconds per (layer, variant, T) measurement (default 60, quick 30)")
     p.add_argument("--compile-budget", type=float, default=None,
-                   help="skip a fusegraph.compile projected to take longer, seconds (default 300, quick 60; "
-                        "0: no limit)")
+                   help="abort a fusegraph.compile past this many seconds (checked between patterns) and skip "
+                        "one projected to take longer (default 300, quick 120; 0: no limit)")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for the whole run; what is left is skipped (default none, quick 210)")
+                   help="seconds for the whole run; what is left is skipped (default none, quick 230)")
     p.add_argument("--compile-dynamic", action="store_true",
                    help="torch.compile with automatic dynamic shapes instead of one static compile per T")
     p.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; "
@@ -344,11 +356,12 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
         iters=a.iters or (10 if a.quick else 20), replays=a.replays or (20 if a.quick else 50),
         graph_max_T=a.graph_max_T, fp64_max_T=a.fp64_max_T,
         case_budget=a.case_budget if a.case_budget is not None else (30.0 if a.quick else 60.0),
-        compile_budget=a.compile_budget if a.compile_budget is not None else (60.0 if a.quick else 300.0),
-        time_budget=a.time_budget if a.time_budget is not None else (210.0 if a.quick else None),
+        compile_budget=a.compile_budget if a.compile_budget is not None else (120.0 if a.quick else 300.0),
+        time_budget=a.time_budget if a.time_budget is not None else (230.0 if a.quick else None),
         compile_dynamic=a.compile_dynamic,
         compile_backend=a.compile_backend or ("aot_eager" if dry else "inductor"),
-        timing=not dry, export_check=not a.no_export, fusable_max_T=a.fusable_max_T, patterns=a.patterns,
+        timing=not dry, export_check=not a.no_export, fusable_max_T=a.fusable_max_T,
+        max_seq_len=a.max_seq_len, patterns=a.patterns,
         providers=providers, seed=a.seed,
         out=a.out, plot=a.plot, markdown=a.markdown)
 
@@ -494,7 +507,9 @@ def profile_forward(call: Callable[[], Any], device: torch.device) -> Profile:
         return Profile(None, None, len(fused), None)
     gpu = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
     gpu_us = float(sum(e.time_range.elapsed_us() for e in gpu))
-    fused_us = float(sum(e.device_time_total for e in fused))
+    fused_us: Optional[float] = float(sum(e.device_time_total for e in fused))
+    if fused and not fused_us:  # the profiler did not link the ops' kernels to them: unknown, not zero
+        fused_us = None
     return Profile(len(gpu), gpu_us, len(fused), fused_us)
 
 
@@ -714,6 +729,7 @@ class Budget:
         self.t0 = time.perf_counter()
         self.forward_s: dict[tuple[int, str], tuple[int, float]] = {}   # (layer, variant) -> (T, s)
         self.compile_s: dict[int, list[tuple[int, float]]] = {}          # layer -> [(T, s)]
+        self.compile_aborted: dict[int, tuple[int, str]] = {}             # layer -> (T, why)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -743,15 +759,17 @@ class Budget:
         return max(3, min(wanted, int(seconds / max(forward_s, 1e-6))))
 
     def compile_projection(self, layer: int, T: int) -> Optional[float]:
-        points = self.compile_s.get(layer, [])
-        if not points:
+        """Seconds fusegraph.compile is expected to take at T, or None when unknown.
+
+        Matching evaluates candidate subgraphs at the graph's shapes: below ~1k tokens the fixed cost
+        dominates (T=1, 64, 512 cost about the same), above it the time grows ~linearly (flash ratio-4
+        layer on 2 CPU cores: ~40 s at T=512, ~395 s at T=4096). So only compiles at T >= 1024 project,
+        proportionally to T; without one, the compile is attempted under the abort guard."""
+        big = sorted(p for p in self.compile_s.get(layer, []) if p[0] >= COMPILE_LINEAR_T)
+        if not big:
             return None
-        if len({t for t, _ in points}) == 1:
-            t1, s1 = points[-1]
-            return s1 * T / t1 if T > t1 else s1
-        (ta, sa), (tb, sb) = sorted(points)[0], sorted(points)[-1]
-        slope = max(0.0, (sb - sa) / (tb - ta))
-        return sb + slope * (T - tb)
+        t, s = big[-1]
+        return s * T / t if T > t else s
 
 
 class Runner:
@@ -797,25 +815,24 @@ class Runner:
             if limit is not None and time.perf_counter() - t0 > limit:
                 raise TimeoutError(f"fusegraph.compile passed --compile-budget {limit:g} s at '{what}'")
 
-        compiled = fusegraph.compile(runner, example_inputs=(x.to("meta"),), progress=progress,
-                                     patterns=self.opts.patterns)
+        try:
+            compiled = fusegraph.compile(runner, example_inputs=(x.to("meta"),), progress=progress,
+                                         patterns=self.opts.patterns)
+        except TimeoutError as exc:
+            self.budget.compile_aborted[layer] = (T, str(exc))
+            raise
         seconds = time.perf_counter() - t0
         self.budget.compile_s.setdefault(layer, []).append((T, seconds))
         return compiled, seconds
 
-    def compile_skip(self, runner: LayerRunner, layer: int, T: int) -> Optional[str]:
-        """Why fusegraph.compile at T is skipped (None: go), after a probe compile when needed."""
+    def compile_skip(self, layer: int, T: int) -> Optional[str]:
+        """Why fusegraph.compile at T is skipped (None: go)."""
         limit = self.opts.compile_budget
         if not self.opts.timing or limit <= 0:
             return None
-        points = self.budget.compile_s.get(layer, [])
-        if T > COMPILE_PROBE_T and len({t for t, _ in points}) < 2 and all(t != COMPILE_PROBE_T for t, _ in points):
-            self.log(f"  layer {layer}: probe fusegraph.compile at T={COMPILE_PROBE_T} to project T={T}")
-            try:
-                probe = residual_input(self.stack, COMPILE_PROBE_T, self.opts.seed)
-                self.fusegraph_compile(self.stack.runners[layer], layer, COMPILE_PROBE_T, probe)
-            except Exception as exc:
-                return f"probe fusegraph.compile at T={COMPILE_PROBE_T} failed: {_short(exc)}"
+        aborted = self.budget.compile_aborted.get(layer)
+        if aborted is not None and T >= aborted[0]:
+            return f"fusegraph.compile at T={aborted[0]} was aborted: {aborted[1]}"
         projected = self.budget.compile_projection(layer, T)
         if projected is not None and projected > limit:
             pts = ", ".join(f"T={t}: {s:.1f} s" for t, s in sorted(self.budget.compile_s[layer]))
@@ -849,11 +866,13 @@ class Runner:
 
         compiled = None
         fg_skip = None
+        self._fg_seconds: Optional[float] = None
         if FUSED_VARIANTS & set(opts.variants):
-            fg_skip = self.budget.out_of_time() or self.compile_skip(runner, layer, T)
+            fg_skip = self.budget.out_of_time() or self.compile_skip(layer, T)
             if fg_skip is None:
                 try:
                     compiled, fg_seconds = self.fusegraph_compile(runner, layer, T, x)
+                    self._fg_seconds = fg_seconds
                     self.log(f"  layer {layer} T={T}: fusegraph.compile {fg_seconds:.1f} s, sites "
                              f"{compiled.report.counts()}")
                 except Exception as exc:
@@ -939,6 +958,8 @@ class Runner:
                             out = fn(x)
                         _sync(self.device)
                         first_s = time.perf_counter() - t0
+                        if variant == "fusegraph":
+                            compile_s = self._fg_seconds
                         if variant in COMPILED_VARIANTS:
                             compile_s = first_s
                             breaks = int(sum(counters["graph_break"].values()))
@@ -979,7 +1000,16 @@ class Runner:
         self.budget.forward_s[(layer, variant)] = (row.T, forward_s)
         row.stream_us = time_stream(lambda: fn(x), self.budget.iters_for(forward_s, opts.iters))
         if row.T <= opts.graph_max_T:
-            us, replayed = time_graph(lambda: fn(x), self.budget.iters_for(forward_s, opts.replays))
+            try:
+                us, replayed = time_graph(lambda: fn(x), self.budget.iters_for(forward_s, opts.replays))
+            except Exception as exc:
+                if _is_oom(exc):
+                    raise
+                row.graph_error = f"CUDA-graph capture/replay failed: {_short(exc)}"
+                if variant in FUSED_VARIANTS:
+                    row.replay_matches = False
+                self._free()
+                return
             row.graph_us = us
             if variant in FUSED_VARIANTS and isinstance(replayed, torch.Tensor):
                 row.replay_rel_l2 = rel_l2(replayed, plain_out)
@@ -1010,7 +1040,7 @@ class Runner:
                 if hasattr(torch._dynamo.config, knob):
                     setattr(torch._dynamo.config, knob, max(64, getattr(torch._dynamo.config, knob)))
         t = time.perf_counter()
-        self.stack = build_stack(opts.preset, opts.ratios, max(opts.tokens), self.device, opts.seed)
+        self.stack = build_stack(opts.preset, opts.ratios, max(opts.tokens), self.device, opts.seed, opts.max_seq_len)
         self.result.layers = [{"index": i, "ratio": r} for i, r in enumerate(self.stack.ratios)]
         cfg = self.stack.model.config
         self.result.meta["model"] = {"preset": opts.preset, "dim": cfg.dim, "n_heads": cfg.n_heads,
@@ -1092,8 +1122,8 @@ def evaluate_goals(result: RunResult, opts: Options) -> list[Goal]:
                       "; ".join(bad_parts)[:400] if bad_parts else f"{sum(p.outputs_checked for p in parts_checked)} outputs"))
     if opts.timing:
         replays = [r for r in rows if r.replay_matches is not None]
-        bad = [f"layer {r.layer} T={r.T} {r.variant} pdl={r.pdl} (rel L2 {r.replay_rel_l2:.1e})"
-               for r in replays if not r.replay_matches]
+        bad = [f"layer {r.layer} T={r.T} {r.variant} pdl={r.pdl} ("
+               + (r.graph_error or f"rel L2 {r.replay_rel_l2:.1e}") + ")" for r in replays if not r.replay_matches]
         goals.append(Goal("CUDA-graph replay equals the plain run (fused variants)", "all", None,
                           (not bad) if replays else None, ", ".join(bad) if bad else f"{len(replays)} captures"))
     exports = [c for c in result.checks if c.name == "export"]
@@ -1165,7 +1195,9 @@ def format_report(result: RunResult) -> str:
         layer = "stack" if r.layer < 0 else str(r.layer)
         ratio = "" if r.layer < 0 else str(r.ratio)
         note = r.skipped and f"skipped: {r.skipped}" or r.error and f"ERROR: {r.error}" or r.check_reason
-        if r.replay_matches is False:
+        if r.graph_error:
+            note = r.graph_error + " " + note
+        elif r.replay_matches is False:
             note = f"graph replay differs (rel L2 {r.replay_rel_l2:.1e}) " + note
         body.append((layer, ratio, str(r.T), r.variant, _pdl_label(r.pdl), _fmt(r.stream_us), _fmt(r.graph_us),
                      _fmt(r.gpu_ops, "d") if r.gpu_ops is not None else "-",

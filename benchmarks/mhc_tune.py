@@ -6,13 +6,13 @@ Times are medians per call under CUDA-graph replay over rotating input sets (col
 ``benchmarks/harness.py``. Every whole-op variant is also checked against the fp32 reference
 (max relative L2 error over its outputs). One JSON line per measurement goes to
 ``OUT/mhc_tune.jsonl`` as it is taken (a run cut short still leaves its numbers); a table is
-printed at the end. ``--baseline`` also times the pre-tuning kernels when the module
-``fusegraph.kernels.mhc_pre._baseline_triton_kernels`` exists (a copy kept only for the sweep).
+printed at the end. Each op is also timed on both implementations (``path="token"``: the
+first-generation kernels, one finisher program per token; ``path="stream"``), whatever the
+default for that T.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -28,7 +28,7 @@ from fusegraph.kernels.mhc_post_pre.reference import mhc_post_pre
 from fusegraph.kernels.mhc_pre import inputs
 from fusegraph.kernels.mhc_pre import triton_kernels as tk
 from fusegraph.kernels.mhc_pre.reference import mhc_pre
-from fusegraph.kernels.mhc_pre.triton_kernels import CollapseConfig, GemmConfig, PostConfig
+from fusegraph.kernels.mhc_pre.triton_kernels import CollapseConfig, GemmConfig
 
 FLASH, PRO = 4096, 7168
 LARGE_T = 1024  # from here on: kernels timed alone per config (below: whole ops)
@@ -138,8 +138,8 @@ def _name(cfg: GemmConfig) -> str:
     return f"{cfg.block_m}/S{cfg.n_splits}/w{cfg.num_warps}/st{cfg.num_stages}/{cfg.mma}/sq{cfg.sq_mode}"
 
 
-def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool = False) -> None:
-    """mhc_pre+norm (or hc_head+norm): old op, kernel 1 / kernel 2 alone per config, then the best pair."""
+def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, head: bool = False) -> None:
+    """mhc_pre+norm (or hc_head+norm): both paths, kernel 1 / kernel 2 alone per config, then the best pair."""
     tag = ("head" if head else "pre") + str(T)
     n_mix = 4 if head else 24
     make_args = inputs.hc_head_args if head else inputs.mhc_pre_args
@@ -147,23 +147,12 @@ def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool
     reference = hc_head.reference if head else mhc_pre.reference
     sets = make_sets(lambda i: make_args(T, D, device=dev, norm=True, seed=i))
     full_bytes = pre_bytes(T, D, n_mix)
-    if old is not None:
-        old_fwd = old.hc_head_forward if head else old.mhc_pre_forward
-        sw.time(tag, "OLD full op", T, D, old_fwd, sets, full_bytes, err_vs(reference, old_fwd))
-        if T >= LARGE_T:
-            def old_gemm(*a):
-                return old.prenorm_gemm(a[0].view(T, 4 * D), a[1], old.HEAD_PAD if head else old.MIX_PAD)
-            sw.time(tag, "OLD kernel1 gemm", T, D, old_gemm, sets, T * 4 * D * 2 + n_mix * 4 * D * 4)
-            parts = [old_gemm(*a) for a in sets]
-            fin_sets = [a + p for a, p in zip(sets, parts)]
-
-            def old_fin(*a):
-                return old.mix_finish(a[0], a[-2], a[-1], a[2], a[3], a[4], a[5], a[6], a[7],
-                                      1 if head else a[8], 1.0 if head else a[9], not head)
-            sw.time(tag, "OLD kernel2 finish", T, D, old_fin, fin_sets, T * 4 * D * 2 + T * D * 2)
-            del parts, fin_sets
-    default = tk.gemm_config(T, 4 * D, dev)
-    sw.time(tag, f"NEW full default {default}", T, D, forward, sets, full_bytes, err_vs(reference, forward))
+    for path in ("token", "stream"):
+        def by_path(*a, path=path):
+            return forward(*a, path=path)
+        sw.time(tag, f"full path={path}", T, D, by_path, sets, full_bytes, err_vs(reference, by_path))
+    default = tk.gemm_config(T, 4 * D, dev, n_mix=n_mix)
+    sw.time(tag, f"full default ({tk.default_path(T)})", T, D, forward, sets, full_bytes, err_vs(reference, forward))
 
     # kernel 1 alone
     best_gemm: tuple[float, GemmConfig] = (float("inf"), default)
@@ -176,7 +165,7 @@ def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool
                 best_gemm = (r.us, cfg)
         else:  # small T: whole op per config (launch overlap matters)
             def full(*a, cfg=cfg):
-                return forward(*a, gemm_cfg=cfg)
+                return forward(*a, gemm_cfg=cfg, path="stream")
             r = sw.time(tag, f"full {_name(cfg)}", T, D, full, sets, full_bytes, err_vs(reference, full))
             if r and r.us < best_gemm[0] and (r.err or 0) < 2e-3:
                 best_gemm = (r.us, cfg)
@@ -198,47 +187,23 @@ def group_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any, head: bool
         del pres, col_sets
 
     def best(*a):
-        return forward(*a, gemm_cfg=best_gemm[1], collapse_cfg=best_col[1])
-    sw.time(tag, f"NEW full best {best_gemm[1]} {best_col[1]}", T, D, best, sets, full_bytes, err_vs(reference, best))
+        return forward(*a, gemm_cfg=best_gemm[1], collapse_cfg=best_col[1], path="stream")
+    sw.time(tag, f"stream best {best_gemm[1]} {best_col[1]}", T, D, best, sets, full_bytes, err_vs(reference, best))
 
 
-def _post_variants(T: int) -> list[PostConfig]:
-    if T >= LARGE_T:
-        return [
-            PostConfig(32, 64, 8, 4, 3, "tf32"),                  # best of sweep 1
-            PostConfig(32, 64, 8, 4, 3, "tf32", prefetch=True),
-            PostConfig(64, 32, 4, 8, 2, "tf32", prefetch=True),
-            PostConfig(32, 32, 8, 4, 3, "tf32", prefetch=True),
-            PostConfig(64, 64, 4, 8, 2, "tf32", prefetch=True),
-            PostConfig(32, 64, 16, 4, 3, "tf32", prefetch=True),
-            PostConfig(1, 1024, 1, 4, 2, "tf32", fused=False),    # mhc_post + mhc_pre's kernels
-        ]
-    block_m = tk.gemm_block_m(T)
-    return ([PostConfig(block_m, bd, s, 4, 3, "tf32", prefetch=pf) for bd, s in ((64, 64), (32, 64), (64, 32))
-             for pf in (False, True)] + [PostConfig(1, 1024, 1, 4, 2, "tf32", fused=False)])
-
-
-def group_post_pre(sw: Sweep, dev: torch.device, T: int, D: int, old: Any) -> None:
+def group_post_pre(sw: Sweep, dev: torch.device, T: int, D: int) -> None:
     tag = f"postpre{T}"
     sets = make_sets(lambda i: inputs.mhc_post_pre_args(T, D, device=dev, norm=True, seed=i))
     full_bytes = post_pre_bytes(T, D)
     ref = mhc_post_pre.reference
-    if old is not None:
-        sw.time(tag, "OLD full op", T, D, old.mhc_post_pre_forward, sets, full_bytes, err_vs(ref, old.mhc_post_pre_forward))
     fwd = tk.mhc_post_pre_forward
-    sw.time(tag, "NEW full default", T, D, fwd, sets, full_bytes, err_vs(ref, fwd))
+    sw.time(tag, f"full default ({tk.default_path(T)})", T, D, fwd, sets, full_bytes, err_vs(ref, fwd))
+    for path in ("token", "stream"):
+        def by_path(*a, path=path):
+            return fwd(*a, path=path)
+        sw.time(tag, f"full path={path}", T, D, by_path, sets, full_bytes, err_vs(ref, by_path))
     sw.time(tag, "mhc_post alone (reference point)", T, D, lambda *a: tk.mhc_post_forward(*a[:4]), sets,
             T * D * 2 + 2 * T * 4 * D * 2)
-    best: tuple[float, Optional[PostConfig]] = (float("inf"), None)
-    for cfg in _post_variants(T):
-        def full(*a, cfg=cfg):
-            return fwd(*a, post_cfg=cfg)
-        r = sw.time(tag, f"full post {cfg.block_m}/bd{cfg.block_d}/S{cfg.n_splits}/w{cfg.num_warps}/"
-                    f"st{cfg.num_stages}/{cfg.mma}{'/pf' if cfg.prefetch else ''}{'' if cfg.fused else '/UNFUSED'}",
-                    T, D, full, sets, full_bytes, err_vs(ref, full))
-        if r and r.us < best[0] and (r.err or 0) < 2e-3:
-            best = (r.us, cfg)
-    print(f"  best post config T={T} D={D}: {best}", flush=True)
 
 
 GROUPS = ("copy", "pre4k", "head4k", "postpre4k", "pro4k", "small")
@@ -249,15 +214,8 @@ def main() -> None:
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/mhc_tune"))
     p.add_argument("--groups", default=",".join(GROUPS))
     p.add_argument("--replays", type=int, default=20)
-    p.add_argument("--baseline", action="store_true")
     args = p.parse_args()
     dev = torch.device("cuda", torch.cuda.current_device())
-    old = None
-    if args.baseline:
-        try:
-            old = importlib.import_module("fusegraph.kernels.mhc_pre._baseline_triton_kernels")
-        except ImportError:
-            print("no baseline module", flush=True)
     sw = Sweep(args.out, args.replays)
     print(torch.cuda.get_device_name(dev), torch.__version__, flush=True)
     groups = args.groups.split(",")
@@ -265,19 +223,19 @@ def main() -> None:
         if "copy" in groups:
             group_copy(sw, dev)
         if "pre4k" in groups:
-            group_pre(sw, dev, 4096, FLASH, old)
+            group_pre(sw, dev, 4096, FLASH)
         if "head4k" in groups:
-            group_pre(sw, dev, 4096, FLASH, old, head=True)
+            group_pre(sw, dev, 4096, FLASH, head=True)
         if "postpre4k" in groups:
-            group_post_pre(sw, dev, 4096, FLASH, old)
+            group_post_pre(sw, dev, 4096, FLASH)
         if "small" in groups:
             for T in (1, 32):
-                group_pre(sw, dev, T, FLASH, old)
-                group_pre(sw, dev, T, FLASH, old, head=True)
-                group_post_pre(sw, dev, T, FLASH, old)
+                group_pre(sw, dev, T, FLASH)
+                group_pre(sw, dev, T, FLASH, head=True)
+                group_post_pre(sw, dev, T, FLASH)
         if "pro4k" in groups:
-            group_pre(sw, dev, 4096, PRO, old)
-            group_post_pre(sw, dev, 4096, PRO, old)
+            group_pre(sw, dev, 4096, PRO)
+            group_post_pre(sw, dev, 4096, PRO)
     print("\n== summary ==")
     for r in sw.rows:
         err = "" if r.err is None else f"{r.err:.1e}"

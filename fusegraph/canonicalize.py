@@ -70,7 +70,7 @@ _METHOD_LABELS: dict[str, str] = {
     "index_put_": "index_put", "index_put": "index_put", "copy_": "copy_", "fill_": "fill_",
     "split": "split", "chunk": "split", "unbind": "split", "narrow": "getitem", "select": "getitem",
     "size": "size", "dim": "size", "new_zeros": "full", "new_full": "full", "new_empty": "full",
-    "new_ones": "full", "topk": "topk",
+    "new_ones": "full", "topk": "topk", "__setitem__": "index_put", "__getitem__": "getitem",
 }
 
 # Labels of operations that only re-express one tensor input (binder walks through them).
@@ -108,7 +108,10 @@ def is_inplace(node: torch.fx.Node) -> bool:
         return node.target in (operator.setitem, operator.iadd, operator.imul) or \
             str(getattr(node.target, "__name__", "")).endswith("_")
     if node.op == "call_method":
-        return str(node.target).endswith("_") and not str(node.target).startswith("__")
+        name = str(node.target)
+        if name in ("__setitem__", "__iadd__", "__imul__", "__isub__", "__itruediv__"):
+            return True
+        return name.endswith("_") and not name.startswith("__")
     return False
 
 

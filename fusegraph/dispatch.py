@@ -6,6 +6,8 @@ plan made for ``sm90`` on a laptop and the choice made on the H100 come from the
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx
 
@@ -17,5 +19,27 @@ def plan_call(call: torch.fx.Node, target: str) -> Selection:
     op = ops.op_of_target(call.target)
     if op is None:
         raise ValueError(f"{call.name} is not a fused call")
-    args = torch.fx.node.map_arg(call.args, lambda n: n.meta.get("val"))
+    args = torch.fx.node.map_arg(call.args, meta_val)
     return op.select(target, tuple(args), {})
+
+
+def meta_val(node: torch.fx.Node):
+    """``node``'s meta value; results of fused calls made by the rewrite get theirs from the op's
+    fake implementation run on meta tensors (rewrites add nodes after shape propagation)."""
+    if "val" in node.meta:
+        return node.meta["val"]
+    if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+        val = meta_val(node.args[0])[node.args[1]]
+    elif ops.op_of_target(node.target) is not None:
+        args = torch.fx.node.map_arg(node.args, lambda a: _as_meta(meta_val(a)))
+        val = node.target(*args)
+    else:
+        return None
+    node.meta["val"] = val
+    return val
+
+
+def _as_meta(x):
+    if isinstance(x, torch.Tensor) and x.device.type != "meta":
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    return x

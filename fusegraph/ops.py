@@ -168,9 +168,13 @@ class FusedOp:
                 if p.name not in rank:
                     rejected.append(Rejection(p.name, "not in the forced provider list"))
             order = sorted((p for p in order if p.name in rank), key=lambda p: rank[p.name])
-        for p in order:
+        for i, p in enumerate(order):
             reason = p.why_not(target, args, kwargs)
             if reason is None:
+                # The ones after it lose on priority; say so, with their own reason if they have one.
+                for q in order[i + 1:]:
+                    why = q.why_not(target, args, kwargs)
+                    rejected.append(Rejection(q.name, why or f"lower priority than {p.name} ({q.priority} < {p.priority})"))
                 return Selection(self.name, target, p.name, tuple(rejected))
             rejected.append(Rejection(p.name, reason))
         if forced and REFERENCE not in forced:

@@ -38,6 +38,7 @@ from fusegraph.pattern import Pattern
 from fusegraph.records import NearMiss
 
 REPORT_FRACTION = 0.25   # near misses below this share of pattern values found are not reported
+SMALL_EVAL = 1 << 24     # inputs below this many elements are evaluated on one thread
 MAX_CLOSURE = 3000       # nodes computable from one binding; beyond this it is not one site
 BINDINGS_PER_SEED = 8    # complete bindings verified per seed before giving up   # near misses below this share of pattern values found are not reported
 _DTYPE_LOOSE = {torch.float32: torch.bfloat16}
@@ -144,6 +145,18 @@ class Matcher:
     def _evaluate(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node]) -> _Cached:
         """Run closure and reference under every regime; an output is the earliest graph value equal
         to the reference's in all of them (one draw could make a Sinkhorn iterate look final)."""
+        # Candidate subgraphs are many small ops: intra-op threads cost more than they give
+        # (measured: tiny compile 58 s -> 10 s on a busy 2-core machine).
+        largest = max((n.meta["val"].numel() for n in binding.nodes.values()), default=0)
+        threads = torch.get_num_threads()
+        if largest < SMALL_EVAL:
+            torch.set_num_threads(1)
+        try:
+            return self._evaluate_runs(pattern, binding, closure)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _evaluate_runs(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node]) -> _Cached:
         positions = {n: i for i, n in enumerate(closure)}
         bound = set(binding.nodes.values())
         runs = []

@@ -1,5 +1,5 @@
-"""Triton provider of hc_head: mhc_pre's split-K prenorm GEMM with 4 rows (tile padded to 16) and
-its finisher without post/comb (sigmoid pre, weighted collapse, optional final RMSNorm).
+"""Triton provider of hc_head: mhc_pre's kernels with 4 rows of fn (tile padded to 16; pad rows
+are never fetched) and no post/comb (sigmoid pre, weighted collapse, optional final RMSNorm).
 
 Unlike a one-program-per-token kernel (sglang ``_hc_head_kernel``) the GEMM tiles 16-64 tokens,
 so fn [4, 4D] (256 KB / 448 KB) is read from L2 once per token block instead of once per token.

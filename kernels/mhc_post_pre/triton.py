@@ -1,8 +1,10 @@
-"""Triton provider of mhc_post_pre: two kernels instead of post + GEMM + finisher.
+"""Triton provider of mhc_post_pre.
 
-Kernel 1 computes the new residual and, from the same registers (bf16-rounded, as the next pre
-reads it), the next pre's split-K GEMM partials and sum of squares; kernel 2 is mhc_pre's
-finisher reading the new residual. The old residual is read once and the new one written once.
+2..64 tokens: the post kernel also feeds the new residual (bf16-rounded, as the next pre reads
+it) into the next pre's split-K GEMM, then one finisher program per token. Otherwise: mhc_post,
+then mhc_pre's streaming kernels on the new residual (on an H200 at T = 4096 this beat the fused
+post kernel, whose tiles are latency-bound: 179 vs 244 us at flash size). See
+``kernels/mhc_pre/triton_kernels.py``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
-"""Triton provider of mhc_pre: split-K prenorm GEMM + one "big fuse" finisher per token.
+"""Triton provider of mhc_pre: split-K prenorm GEMM, then the mixes and the weighted collapse.
 
-Kernels and launch sizing are in ``triton_kernels.py`` (shared with mhc_post, mhc_post_pre and
-hc_head); this file only declares where the provider runs and which arguments it takes.
+Two implementations chosen by the token count (``triton_kernels.default_path``): the streaming
+kernels of ``triton_jit.py`` (T = 1 and T > 64) and the one-finisher-per-token kernels of
+``triton_token.py`` (2..64 tokens). Launch sizing is in ``triton_kernels.py`` (shared with
+mhc_post, mhc_post_pre and hc_head); this file only declares where the provider runs and which
+arguments it takes.
 """
 from __future__ import annotations
 

@@ -1,31 +1,38 @@
-"""Triton jit code of the mHC family (launch sizing and the ops are in ``triton_kernels.py``).
+"""Triton jit code of the mHC family's streaming path (launchers and dispatch: ``triton_kernels.py``).
 
-Two kernels per op (spec 2.1-2.6, kernel-anchors sections 1-3, 11):
+Used for T = 1 and T > 64 tokens by mhc_pre and hc_head (and by mhc_post_pre after mhc_post);
+2..64 tokens take ``triton_token.py``'s one-finisher-per-token kernels. Spec 2.1-2.6,
+kernel-anchors sections 1-3, 11. Kernels:
 
-``_prenorm_gemm_kernel`` (mhc_pre, hc_head) / ``_post_mix_kernel`` with ``FUSE_GEMM`` (mhc_post_pre)
-    Kernel 1. Split-K GEMM of the bf16 residual row ``[T, 4D]`` with ``fn^T`` plus the sum of
-    squares from the same registers; program ``pid`` is token block ``pid // S``, split ``pid % S``.
-    Each split stores its partials mix-major (``part[s, n, t]``, ``sq[s, t]``: a token block's
-    column of one mix is contiguous). Then the *last split to arrive* at a token block (an
-    atomic ticket per block, reset by that program: no memset launch, deterministic order of
-    the split sum) reduces the block's partials and computes, one token per thread and all in
-    registers, the RMS factor, the sigmoids and the 20-iteration Sinkhorn (16 scalars per
-    token, no cross-thread traffic). It writes ``post``, ``comb`` and a ``pre [T, 4]`` workspace.
+``_split_fn_kernel`` (T > 64)
+    ``fn`` fp32 -> bf16 hi + lo rows, once per call (3 MB at flash size: ~1 us).
+``_prenorm_gemm_kernel`` (kernel 1)
+    Split-K GEMM of the bf16 residual row ``[T, 4D]`` with ``fn^T`` plus the sum of squares;
+    program ``pid`` is token block ``pid // S``, split ``pid % S``. In the streaming mode
+    (``MMA="bf16x2pre", SQ_MODE=2``) the k-loop is only asynchronous copies and three tensor-core
+    products from shared memory: x @ fn_hi^T, x @ fn_lo^T and x @ x^T, whose diagonal is the sum of
+    squares (x never goes through registers: converting it there made the loop issue-bound).
+    Each split stores its partials mix-major (``part[s, n, t]``, ``sq[s, t]``); then the *last
+    split to arrive* at a token block (an atomic ticket per block, reset by that program: no
+    memset launch; the split sum keeps a fixed order, so results are deterministic) reduces the
+    block's partials and computes, one token per thread, the RMS factor, the sigmoids and the
+    20-iteration Sinkhorn (16 scalars per token, no cross-thread traffic). It writes ``post``,
+    ``comb`` and a ``pre [T, 4]`` workspace.
+``_collapse_kernel`` (kernel 2)
+    A pure stream: ``out[t] = bf16(sum_c pre[t, c] * x[t, c])`` (+ RMSNorm), one token per
+    program, tokens in reverse order (rows kernel 1 read last are the likeliest L2 hits). With
+    ``ROW_EARLY`` the row is requested *before* the PDL wait (kernel 1 only reads the residual,
+    and it releases kernel 2 only after its own wait: the residual's producer has finished), so
+    the row's latency overlaps kernel 1's tail. Measured at 94 % of the copy bandwidth.
 
-``_collapse_kernel``
-    Kernel 2, a pure stream: ``out[t] = bf16(sum_c pre[t, c] * x[t, c])`` (+ RMSNorm), one token
-    per program, tokens in reverse order (rows kernel 1 read last are the likeliest L2 hits).
-    With ``ROW_EARLY`` (mhc_pre, hc_head: kernel 1 does not write the residual) the row is
-    requested *before* the PDL wait, so its latency overlaps kernel 1's tail.
+GEMM modes (``MMA``): ``"bf16x2pre"`` (above), ``"bf16x2"`` (fn split per k-step in-kernel),
+``"tf32"`` (x converted to fp32 in registers; T = 1, where the GEMM is a few k-steps per
+program) and ``"ieee"`` (exact fp32: the interpreter and non-NVIDIA targets). hi + lo carries
+fn to ~2^-17 relative, more than TF32's 2^-11.
 
-GEMM modes (``MMA``): ``"tf32"`` (bf16 x exact in TF32, fn rounded: DeepGEMM's numerics),
-``"bf16x2"`` (fn split in-kernel into bf16 hi + lo, two bf16 MMAs on the raw bf16 tile: more
-precise than TF32 and no conversion of the activation tile) and ``"ieee"`` (exact fp32; the
-interpreter and non-NVIDIA targets).
-
-PDL: every kernel waits before its first read of anything a predecessor wrote and releases
-its dependents after its last store, or right after the wait with ``EARLY_TRIGGER`` (only when
-the whole grid is resident at once: kernel 2 then launches while kernel 1 runs and prefetches).
+PDL: every kernel waits before its first read of anything a predecessor wrote and releases its
+dependents after its last store, or right after the wait with ``EARLY_TRIGGER`` (only when the
+whole grid is resident at once: kernel 2 then launches while kernel 1 runs and prefetches).
 """
 from __future__ import annotations
 
@@ -245,8 +252,9 @@ def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale
         k = (kb_begin + i) * BLOCK_K + ks
         a = tl.load(x_rows + k[None, :])
         if MMA == "bf16x2pre":
-            acc = tl.dot(a, tl.load(w_cols + k[:, None]), acc)
-            acc = tl.dot(a, tl.load(w_lo + k[:, None]), acc)
+            # pad rows (n >= N) are masked: zero-filled in shared memory, never fetched
+            acc = tl.dot(a, tl.load(w_cols + k[:, None], mask=w_mask, other=0.0), acc)
+            acc = tl.dot(a, tl.load(w_lo + k[:, None], mask=w_mask, other=0.0), acc)
         elif MMA == "bf16x2":
             b = tl.load(w_cols + k[:, None], mask=w_mask, other=0.0)
             b_hi = b.to(tl.bfloat16)
@@ -274,106 +282,6 @@ def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale
                                N, N_PAD, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS, MIX_W)
     if not EARLY_TRIGGER:
         tc.pdl_launch_dependents(USE_PDL)
-
-
-# ---------------------------------------------------------------------------------------------
-# mhc_post (+ the next pre's split-K GEMM and finishing)
-# ---------------------------------------------------------------------------------------------
-@triton.jit
-def _load_post_tile(f_blk, r_blk, f_off, r_off, d, m2, D):
-    f = tl.load(f_blk + (f_off + d[None, :]), mask=m2, other=0.0)
-    r0 = tl.load(r_blk + (r_off + d[None, :]), mask=m2, other=0.0)
-    r1 = tl.load(r_blk + (r_off + (D + d)[None, :]), mask=m2, other=0.0)
-    r2 = tl.load(r_blk + (r_off + (2 * D + d)[None, :]), mask=m2, other=0.0)
-    r3 = tl.load(r_blk + (r_off + (3 * D + d)[None, :]), mask=m2, other=0.0)
-    return f, r0, r1, r2, r3
-
-
-@triton.jit
-def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, mix_ptr,
-                     scale_ptr, base_ptr, pre_ptr, post_out_ptr, comb_out_ptr,
-                     T, D, n_splits, db_per_split, db_rem, rms_eps, hc_eps, post_mult, sinkhorn_iters,
-                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     FIN_M: tl.constexpr, S_CHUNK: tl.constexpr, N_S_CHUNKS: tl.constexpr, MIX_W: tl.constexpr,
-                     FUSE_GEMM: tl.constexpr, MMA: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):
-    """``out[t,k,d] = post[t,k] * f[t,d] + sum_j comb[t,j,k] * residual[t,j,d]``; with ``FUSE_GEMM``
-    the bf16-rounded new residual (what the next pre reads) also feeds the next pre's GEMM.
-    ``PREFETCH``: the next column block's five tiles are requested before this one is computed
-    (plain loads are not pipelined by Triton; this keeps two blocks in flight per program)."""
-    pid = tl.program_id(0)
-    mblk = pid // n_splits
-    split = pid % n_splits
-    db_begin = split * db_per_split + tl.minimum(split, db_rem)
-    db_count = db_per_split + (split < db_rem).to(tl.int32)
-
-    row0 = mblk * BLOCK_M
-    lrows = tl.arange(0, BLOCK_M)
-    rows = row0 + lrows
-    row_ok = rows < T
-    # 64-bit base pointers per token block, 32-bit offsets inside it (keeps pointer tiles small)
-    f_blk = f_ptr + row0.to(tl.int64) * D
-    r_blk = res_ptr + row0.to(tl.int64) * (4 * D)
-    o_blk = out_ptr + row0.to(tl.int64) * (4 * D)
-    f_off = lrows[:, None] * D
-    r_off = lrows[:, None] * (4 * D)
-    pp = post_ptr + rows.to(tl.int64) * 4
-    cp = comb_ptr + rows.to(tl.int64) * 16
-    ds = tl.arange(0, BLOCK_D)
-    if FUSE_GEMM:
-        ns = tl.arange(0, BLOCK_N)
-        n_ok = ns < 24
-        w_off = ns[None, :] * (4 * D)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        sq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-
-    tc.pdl_wait(USE_PDL)
-    if PREFETCH:
-        d = db_begin * BLOCK_D + ds
-        fn_, r0n, r1n, r2n, r3n = _load_post_tile(f_blk, r_blk, f_off, r_off, d, row_ok[:, None] & (d < D)[None, :], D)
-    for i in range(db_count):
-        d = (db_begin + i) * BLOCK_D + ds
-        d_ok = d < D
-        m2 = row_ok[:, None] & d_ok[None, :]
-        if PREFETCH:
-            fb, r0b, r1b, r2b, r3b = fn_, r0n, r1n, r2n, r3n
-            dn = (db_begin + tl.minimum(i + 1, db_count - 1)) * BLOCK_D + ds  # the last block re-reads itself
-            fn_, r0n, r1n, r2n, r3n = _load_post_tile(f_blk, r_blk, f_off, r_off, dn,
-                                                      row_ok[:, None] & (dn < D)[None, :], D)
-        else:
-            fb, r0b, r1b, r2b, r3b = _load_post_tile(f_blk, r_blk, f_off, r_off, d, m2, D)
-        f = fb.to(tl.float32)
-        r0 = r0b.to(tl.float32)
-        r1 = r1b.to(tl.float32)
-        r2 = r2b.to(tl.float32)
-        r3 = r3b.to(tl.float32)
-        # a rolled loop over the output streams: unrolled, the four tl.dot's doubled the registers
-        for k in range(4):
-            ck = cp + k  # column k of comb: comb[:, j, k] at ck + 4*j
-            o = tl.load(pp + k, mask=row_ok, other=0.0)[:, None] * f + (
-                tl.load(ck, mask=row_ok, other=0.0)[:, None] * r0
-                + tl.load(ck + 4, mask=row_ok, other=0.0)[:, None] * r1
-                + tl.load(ck + 8, mask=row_ok, other=0.0)[:, None] * r2
-                + tl.load(ck + 12, mask=row_ok, other=0.0)[:, None] * r3)
-            ob = o.to(out_ptr.dtype.element_ty)
-            tl.store(o_blk + (r_off + (k * D + d)[None, :]), ob, mask=m2)
-            if FUSE_GEMM:
-                # the next pre reads the bf16 residual: feed it the rounded values
-                ov = ob.to(tl.float32)
-                sq += tl.sum(ov * ov, axis=1)
-                wk = tl.load(w_ptr + (w_off + (k * D + d)[:, None]), mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-                if MMA == "bf16x2":
-                    w_hi = wk.to(tl.bfloat16)
-                    acc = tl.dot(ob, w_hi, acc)
-                    acc = tl.dot(ob, (wk - w_hi.to(tl.float32)).to(tl.bfloat16), acc)
-                else:
-                    acc = tl.dot(ov, wk, acc, input_precision=MMA)
-
-    if FUSE_GEMM:
-        _store_partials_and_finish(acc, sq, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr,
-                                   post_out_ptr, comb_out_ptr, mblk, split, T, 4 * D, n_splits, rms_eps, hc_eps,
-                                   post_mult, sinkhorn_iters, 24, 32, BLOCK_M, BLOCK_N, FIN_M, S_CHUNK, N_S_CHUNKS,
-                                   MIX_W)
-    tc.pdl_launch_dependents(USE_PDL)
 
 
 # ---------------------------------------------------------------------------------------------

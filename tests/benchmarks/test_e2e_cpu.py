@@ -88,8 +88,9 @@ def test_dry_run_export_and_fusable_part(dry_run):
 def test_timing_path_with_fake_clocks(monkeypatch):
     """The GPU path's plumbing on CPU: timers replaced by fakes that still run the call (so capture
     and replay outputs exist), PDL claimed supported: both PDL settings are measured for the fused
-    variants, graph timing and replay checks happen for T <= graph_max_T only, the fusable part is
-    timed, and the goals are computed from those numbers."""
+    variants, graph timing and replay checks happen for T <= graph_max_T only, a failed capture keeps
+    the stream time and fails the replay goal, the fusable part is timed, and the goals are computed
+    from those numbers."""
     calls = {"stream": 0, "graph": 0}
 
     def fake_stream(call, iters, warmup=2):
@@ -99,6 +100,8 @@ def test_timing_path_with_fake_clocks(monkeypatch):
 
     def fake_graph(call, replays):
         calls["graph"] += 1
+        if calls["graph"] == 3:  # T=1: eager, fusegraph PDL on, then this capture (PDL off) fails
+            raise RuntimeError("operation not permitted when stream is capturing")
         return 50.0, e2e._clone(call())
 
     monkeypatch.setattr(e2e, "time_stream", fake_stream)
@@ -118,7 +121,11 @@ def test_timing_path_with_fake_clocks(monkeypatch):
     assert set(rows) == {(T, v, p) for T in (1, 8) for v, p in
                          (("eager", None), ("fusegraph", True), ("fusegraph", False))}
     assert all(not r.error and not r.skipped for r in rows.values()), [r.error or r.skipped for r in rows.values()]
-    assert rows[(1, "fusegraph", True)].graph_us == 50.0 and rows[(1, "fusegraph", False)].replay_matches is True
+    assert rows[(1, "fusegraph", True)].graph_us == 50.0 and rows[(1, "fusegraph", True)].replay_matches is True
+    assert rows[(1, "fusegraph", True)].compile_s > 0                 # the fusegraph.compile time
+    failed = rows[(1, "fusegraph", False)]
+    assert failed.stream_us == 100.0 and failed.graph_us is None and failed.replay_matches is False
+    assert "stream is capturing" in failed.graph_error
     assert rows[(8, "fusegraph", True)].graph_us is None and rows[(8, "fusegraph", True)].stream_us == 100.0
     assert rows[(1, "eager", None)].replay_matches is None  # the replay check is for the fused variants
     (part,) = result.fusable
@@ -130,9 +137,10 @@ def test_timing_path_with_fake_clocks(monkeypatch):
     assert goals["decode fusable part, T=1"].value == pytest.approx(1.0)
     assert goals["decode fusable part, T=1"].passed is False
     assert goals["prefill whole layer, T=8"].passed is None  # no torch.compile row to compare with
-    assert goals["CUDA-graph replay equals the plain run (fused variants)"].passed is True
+    replay_goal = goals["CUDA-graph replay equals the plain run (fused variants)"]
+    assert replay_goal.passed is False and "capture/replay failed" in replay_goal.detail
     text = e2e.format_report(result)
-    assert "x compile+cg" in text and "[FAIL] decode fusable part" in text
+    assert "x compile+cg" in text and "[FAIL] decode fusable part" in text and "capture/replay failed" in text
 
 
 def test_cli_without_gpu_exits_2(capsys):
@@ -146,7 +154,7 @@ def test_parse_args_modes():
     dry = e2e.parse_args(["--dry-run"])
     assert (dry.preset, dry.device, dry.timing, dry.tokens, dry.compile_backend) == ("tiny", "cpu", False, [8], "aot_eager")
     quick = e2e.parse_args(["--quick"])
-    assert quick.tokens == [1, 4096] and quick.time_budget is not None and quick.timing
+    assert quick.tokens == [1] and quick.time_budget is not None and quick.timing and quick.iters < 20
     full = e2e.parse_args([])
     assert full.tokens == [1, 8, 64, 4096, 16384] and full.ratios == [0, 4, 128] and full.variants == list(e2e.VARIANTS)
     with pytest.raises(SystemExit):
@@ -216,12 +224,17 @@ def test_stack_rows_sum_layers_only_when_all_measured():
 def test_compile_projection_and_forward_budget():
     budget = e2e.Budget(_opts(case_budget=10.0))
     assert budget.compile_projection(0, 4096) is None
-    budget.compile_s[0] = [(1, 10.0)]
-    assert budget.compile_projection(0, 4096) == pytest.approx(40960.0)   # one point: proportional
-    budget.compile_s[0] = [(1, 10.0), (64, 10.0)]
-    assert budget.compile_projection(0, 4096) == pytest.approx(10.0)      # flat in T
-    budget.compile_s[0] = [(1, 10.0), (65, 74.0)]
-    assert budget.compile_projection(0, 129) == pytest.approx(138.0)      # 1 s per token
+    budget.compile_s[0] = [(1, 20.0), (64, 45.0), (512, 40.0)]
+    assert budget.compile_projection(0, 4096) is None         # small T: fixed cost, no projection
+    budget.compile_s[0].append((4096, 100.0))
+    assert budget.compile_projection(0, 16384) == pytest.approx(400.0)   # linear above 1k tokens
+    assert budget.compile_projection(0, 1024) == pytest.approx(100.0)
+    runner = e2e.Runner.__new__(e2e.Runner)
+    runner.opts, runner.budget = _opts(compile_budget=300.0), budget
+    assert "projected at 400 s" in runner.compile_skip(0, 16384)
+    assert runner.compile_skip(0, 8192) is None
+    budget.compile_aborted[1] = (4096, "passed --compile-budget")
+    assert "aborted" in runner.compile_skip(1, 16384) and runner.compile_skip(1, 64) is None
     budget.forward_s[(0, "eager")] = (64, 0.5)
     assert budget.forward_skip(0, "eager", 64) is None
     assert "case-budget" in budget.forward_skip(0, "eager", 4096)

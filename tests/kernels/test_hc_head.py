@@ -41,18 +41,20 @@ def check(args: tuple, out: torch.Tensor) -> None:
 
 
 @interpreter
+@pytest.mark.parametrize("path", ["token", "stream"])
 @pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True), (33, 48, False)])
-def test_triton_matches_fp64_reference(T, D, norm):
+def test_triton_matches_fp64_reference(T, D, norm, path):
     args = inputs.hc_head_args(T, D, norm=norm, seed=T)
-    out = run_triton(args)
+    out = run_triton(args, path=path)
     check(args, out)
     assert rel_l2(out, hc_head.reference(*args)) < 1e-3
 
 
 @interpreter
-def test_split_remainder_and_chunked_rows():
+@pytest.mark.parametrize("path", ["token", "stream"])
+def test_split_remainder_and_chunked_rows(path):
     args = inputs.hc_head_args(3, 80, norm=True, seed=4)
-    check(args, run_triton(args, n_splits=3, max_block_d=32))
+    check(args, run_triton(args, n_splits=3, max_block_d=32, path=path))
 
 
 @interpreter
@@ -98,3 +100,12 @@ def test_torch_op_on_cpu_equals_reference():
 def test_gpu_matches_fp64_reference(T, D, norm):
     args = inputs.hc_head_args(T, D, device="cuda", norm=norm, seed=T)
     check(args, run_triton(args, dispatch=True))
+
+
+@pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_other_path_matches_fp64_reference(T, path):
+    """Each implementation at sizes the dispatch gives to the other one."""
+    args = inputs.hc_head_args(T, 4096, device="cuda", norm=True, seed=T + 1)
+    check(args, run_triton(args, path=path))

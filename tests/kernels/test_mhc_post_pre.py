@@ -51,22 +51,26 @@ def check(args: tuple, outs: tuple) -> None:
 
 
 @interpreter
+@pytest.mark.parametrize("path", ["token", "stream"])
 @pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True)])
-def test_triton_matches_fp64_reference(T, D, norm):
+def test_triton_matches_fp64_reference(T, D, norm, path):
     args = inputs.mhc_post_pre_args(T, D, norm=norm, seed=T)
-    check(args, run_triton(args))
+    check(args, run_triton(args, path=path))
 
 
 @interpreter
-def test_split_remainder_and_chunked_rows():
-    args = inputs.mhc_post_pre_args(3, 160, norm=True, seed=2)  # 5 column blocks of 32 over 3 splits
-    check(args, run_triton(args, n_splits=3, max_block_d=64))
+@pytest.mark.parametrize("path", ["token", "stream"])
+def test_split_remainder_and_chunked_rows(path):
+    # token: 5 column blocks of 32 over 3 splits; stream: 10 k-blocks of the next pre over 3 splits
+    args = inputs.mhc_post_pre_args(3, 160, norm=True, seed=2)
+    check(args, run_triton(args, n_splits=3, max_block_d=64, path=path))
 
 
 @interpreter
-def test_equals_composition_of_the_two_references():
+@pytest.mark.parametrize("path", ["token", "stream"])
+def test_equals_composition_of_the_two_references(path):
     args = inputs.mhc_post_pre_args(4, 64, norm=True, seed=6)
-    outs = run_triton(args)
+    outs = run_triton(args, path=path)
     ref = mhc_post_pre.reference(*args)
     assert rel_l2(outs[0], ref[0]) < 1e-3 and rel_l2(outs[1], ref[1]) < 1e-3
     assert rel_l2(outs[2], ref[2]) < 1e-5 and rel_l2(outs[3], ref[3]) < 1e-5
@@ -111,3 +115,12 @@ def test_torch_op_on_cpu_equals_reference():
 def test_gpu_matches_fp64_reference(T, D, norm):
     args = inputs.mhc_post_pre_args(T, D, device="cuda", norm=norm, seed=T)
     check(args, run_triton(args, dispatch=True))
+
+
+@pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_other_path_matches_fp64_reference(T, path):
+    """Each implementation at sizes the dispatch gives to the other one."""
+    args = inputs.mhc_post_pre_args(T, 4096, device="cuda", norm=True, seed=T + 1)
+    check(args, run_triton(args, path=path))

@@ -51,27 +51,63 @@ def run_triton(args: tuple, dispatch: bool = False, **overrides) -> tuple:
 
 
 # -- CPU (interpreter) ------------------------------------------------------------------------
+PATHS = ["token", "stream"]  # triton_kernels.default_path: token for 2..64 tokens, stream otherwise
+
+
 @interpreter
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True), (33, 48, False)])
-def test_triton_matches_fp64_reference(T, D, norm):
+def test_triton_matches_fp64_reference(T, D, norm, path):
     args = inputs.mhc_pre_args(T, D, norm=norm, seed=T)
-    check_against_oracle(args, run_triton(args))
+    check_against_oracle(args, run_triton(args, path=path))
 
 
 @interpreter
-def test_split_remainder_and_chunked_rows():
+@pytest.mark.parametrize("path", PATHS)
+def test_split_remainder_and_chunked_rows(path):
     # K = 320 -> 5 k-blocks over 3 splits (2, 2, 1); rows walked in 32-wide chunks (two-pass norm)
     args = inputs.mhc_pre_args(3, 80, norm=True, seed=7)
-    check_against_oracle(args, run_triton(args, n_splits=3))
-    check_against_oracle(args, run_triton(args, max_block_d=32))
+    check_against_oracle(args, run_triton(args, n_splits=3, path=path))
+    check_against_oracle(args, run_triton(args, max_block_d=32, path=path))
     args = inputs.mhc_pre_args(2, 80, norm=False, seed=8)
-    check_against_oracle(args, run_triton(args, n_splits=5, max_block_d=16))
+    check_against_oracle(args, run_triton(args, n_splits=5, max_block_d=16, path=path))
 
 
 @interpreter
-def test_triton_close_to_fp32_reference():
+def test_stream_path_token_blocks_and_split_chunks():
+    """Several token blocks, each finished by its last split; the finishing program reduces the
+    splits in several chunks (``gemm_cfg`` with 32-token blocks and 6 splits of 1..2 k-blocks)."""
+    from fusegraph.kernels.mhc_pre import triton_kernels as tk
+
+    args = inputs.mhc_pre_args(40, 64, norm=True, seed=12)  # 2 token blocks of 32, the second partial
+    cfg = tk.GemmConfig(block_m=32, n_splits=3, mma="ieee")
+    assert tk.finish_plan(40, 32, 3, 32, cfg.num_warps).n_chunks == 1
+    check_against_oracle(args, run_triton(args, gemm_cfg=cfg, path="stream"))
+    tk.FINISH_REGS, saved = 1, tk.FINISH_REGS  # force one split per chunk: 3 chunks
+    try:
+        assert tk.finish_plan(40, 32, 3, 32, cfg.num_warps).n_chunks == 3
+        check_against_oracle(args, run_triton(args, gemm_cfg=cfg, path="stream"))
+    finally:
+        tk.FINISH_REGS = saved
+
+
+@interpreter
+def test_split_tickets_are_reset():
+    from fusegraph.kernels.mhc_pre import triton_kernels as tk
+
+    args = inputs.mhc_pre_args(20, 48, norm=True, seed=13)
+    first = run_triton(args, n_splits=3, path="stream")
+    assert int(tk.split_tickets(args[0].device, 1).abs().sum()) == 0, "a ticket was left non-zero"
+    second = run_triton(args, n_splits=3, path="stream")
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)  # deterministic: the splits are summed in a fixed order
+
+
+@interpreter
+@pytest.mark.parametrize("path", PATHS)
+def test_triton_close_to_fp32_reference(path):
     args = inputs.mhc_pre_args(4, 64, norm=True, seed=3)
-    outs = run_triton(args)
+    outs = run_triton(args, path=path)
     ref = mhc_pre.reference(*args)
     # same roundings as the reference (RNE bf16 in the interpreter, fp32 GEMM): near bitwise
     assert rel_l2(outs[0], ref[0]) < 1e-3
@@ -86,8 +122,10 @@ def test_zero_tokens_launch_nothing(monkeypatch):
         def __getitem__(self, grid):
             raise AssertionError("a kernel was launched for T = 0")
 
-    monkeypatch.setattr(triton_kernels, "_prenorm_gemm_kernel", NoLaunch())
-    monkeypatch.setattr(triton_kernels, "_collapse_kernel", NoLaunch())
+    for module in (triton_kernels, triton_kernels.tt):
+        for name in ("_prenorm_gemm_kernel", "_collapse_kernel", "_split_fn_kernel", "_mix_finish_kernel"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, NoLaunch())
     args = inputs.mhc_pre_args(0, 48, norm=True)
     out, post, comb = mhc_pre.providers["triton"].impl(*args)
     assert out.shape == (0, 48) and out.dtype == torch.bfloat16
@@ -182,12 +220,32 @@ def test_gpu_matches_fp64_reference(T, D, norm):
     check_against_oracle(args, run_triton(args, dispatch=True))
 
 
+@pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_pdl_off_equals_on_and_graph_replay(monkeypatch):
+def test_gpu_other_path_matches_fp64_reference(T, path):
+    """Each implementation at sizes the dispatch gives to the other one."""
+    args = inputs.mhc_pre_args(T, 4096, device="cuda", norm=True, seed=T + 1)
+    check_against_oracle(args, run_triton(args, path=path))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_stream_path_is_deterministic():
+    args = inputs.mhc_pre_args(4096, 4096, device="cuda", norm=True, seed=21)
+    first = run_triton(args, dispatch=True)
+    for _ in range(2):
+        for a, b in zip(first, run_triton(args, dispatch=True)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("T", [1, 64, 300])  # stream (decode), token, stream (prepass + several blocks)
+def test_gpu_pdl_off_equals_on_and_graph_replay(monkeypatch, T):
     from fusegraph.kernels.mhc_pre import triton_kernels
 
-    args = inputs.mhc_pre_args(64, 4096, device="cuda", norm=True, seed=1)
+    args = inputs.mhc_pre_args(T, 4096, device="cuda", norm=True, seed=1)
     on = triton_kernels.mhc_pre_forward(*args)
     monkeypatch.setenv("FUSEGRAPH_PDL", "0")
     off = triton_kernels.mhc_pre_forward(*args)
@@ -201,7 +259,7 @@ def test_gpu_pdl_off_equals_on_and_graph_replay(monkeypatch):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = triton_kernels.mhc_pre_forward(residual, *args[1:])
-    fresh = inputs.mhc_pre_args(64, 4096, device="cuda", norm=True, seed=2)[0]
+    fresh = inputs.mhc_pre_args(T, 4096, device="cuda", norm=True, seed=2)[0]
     residual.copy_(fresh)
     graph.replay()
     torch.cuda.synchronize()

@@ -1,44 +1,25 @@
-"""Triton kernels of the mHC family: mhc_pre, mhc_post, mhc_post_pre and hc_head.
+"""Token-parallel mHC kernels: used for 2 <= T <= 64 tokens, and for every mhc_post.
 
-Three kernels cover the four ops (spec 2.1-2.6, kernel-anchors sections 1-3). Grids are 1-D,
-token-block major: program ``pid`` is token block ``pid // S``, split ``pid % S``.
+These are the first-generation kernels (kept unchanged, measured and tested): split-K GEMM with
+partials ``[S, T, PAD]``, then ONE FINISHER PROGRAM PER TOKEN (``_mix_finish_kernel``: split sum,
+RMS factor, sigmoids, Sinkhorn on four row vectors, weighted collapse, RMSNorm). For a handful of
+tokens this beats ``triton_jit``'s last-split finishing, which serializes a whole token block's
+mixes on one SM (H200, flash, T = 32: mhc_pre+norm 12.1 vs 16.1 us, hc_head+norm 7.0 vs 8.5 us,
+mhc_post_pre+norm 14.1 vs 24.9 us; benchmarks/results/mhc_tuning_notes.md).
 
-``_prenorm_gemm_kernel`` (mhc_pre, hc_head: kernel 1)
+``_prenorm_gemm_kernel``
     ``residual.view(T, 4D)`` (bf16) times ``fn^T`` (fp32, 24 or 4 rows) with split-K, plus the
-    sum of squares from the same registers. A program owns BLOCK_M tokens and a contiguous range
-    of 64-wide k-blocks; it writes its partial GEMM tile to ``part[s, t, :]`` (BLOCK_N columns,
-    those past N are zero) and its partial sum of squares to ``sq[s, t]``. Nothing is reduced
-    here: the finisher sums over s (the sglang/DeepGEMM design). ``tl.dot`` runs in TF32 on
-    NVIDIA (bf16 is exact in TF32; fn is rounded, as in DeepGEMM), exact fp32 elsewhere.
+    sum of squares from the same registers; writes ``part[s, t, :]`` and ``sq[s, t]``.
+``_post_mix_kernel``
+    ``out[t,k,d] = post[t,k] * f[t,d] + sum_j comb[t,j,k] * residual[t,j,d]`` (mhc_post: one token
+    and 256/1024 columns per program). With ``FUSE_GEMM`` it also feeds the bf16-rounded new
+    residual into the next pre's split-K GEMM (mhc_post_pre at small T).
+``_mix_finish_kernel``
+    One program per token, tokens in reverse order; the whole [4, D] row is requested up front
+    when D <= MAX_ROW_BLOCK, else walked in chunks (the norm then re-reads the written row).
 
-``_post_mix_kernel`` (mhc_post; mhc_post_pre: kernel 1)
-    ``out[t,k,d] = post[t,k] * f[t,d] + sum_j comb[t,j,k] * residual[t,j,d]``. A program owns
-    BLOCK_M tokens and a range of BLOCK_D-wide column blocks of all four streams (mhc_post: one
-    token, 256/1024 columns). With ``FUSE_GEMM`` it also feeds the bf16-rounded new residual
-    (exactly what the next mhc_pre reads) into the next pre's split-K GEMM and sum of squares, so
-    the post+pre pair reads the old residual once, writes the new one once and then needs only
-    the finisher below.
-
-``_mix_finish_kernel`` (mhc_pre, mhc_post_pre, hc_head: kernel 2, the "big fuse")
-    One program per token, tokens in REVERSE order (kernel 1 touched the tail of the residual
-    last, so those rows are the likeliest L2 hits). Sums the split partials, RMS factor,
-    sigmoids, 20-iteration Sinkhorn on the 4x4 held as four row vectors (no barrier in the
-    loop), the weighted collapse of the 4 streams in fp32 and the optional RMSNorm epilogue.
-    When the row fits one block (D <= MAX_ROW_BLOCK) the whole [4, D] row is requested up front
-    (its latency overlaps the mixes and the Sinkhorn) and the norm is a single pass; otherwise the
-    row is walked in chunks and the norm re-reads the bf16 row it just wrote (cache resident).
-
-Why two passes over the residual for mhc_pre/hc_head: a token row is 32 KB (flash) / 56 KB (pro);
-Triton gives no explicit shared memory to park it in, and reading fn once per token instead of
-once per token block would cost 1.5-2.7 MB of L2 traffic per token. The finisher's reverse order
-recovers part of the second pass from L2 (all of it while the residual fits, T <~ 1500 on flash).
-
-All kernels take ``USE_PDL``: they wait for the predecessor grid before their first load and
-release their dependents after their last store (``kernels/_triton_common.py``). Launch sizing
-follows the engines: split count from the SM count and the token blocks, capped so that every
-split keeps >= 4 k-blocks (``split_count``). Outputs and workspaces come from ``empty`` (tests
-replace it to poison every buffer before a call). Register/shared-memory use of the configs
-below was checked with ptxas for sm90 (no spills; the fused post kernel ~100-130 registers).
+All kernels take ``USE_PDL`` (wait before the first dependent load, release after the last
+store). Buffers come from ``triton_kernels.empty`` (the seam tests use to poison outputs).
 """
 from __future__ import annotations
 
@@ -49,7 +30,7 @@ import torch
 from torch import Tensor
 
 from fusegraph.kernels import _triton_common as tc
-from fusegraph.kernels.mhc_pre.gates import HC_MULT, NUM_MIX
+from fusegraph.kernels.mhc_pre.gates import HC_MULT
 
 import triton
 import triton.language as tl
@@ -63,8 +44,10 @@ MAX_ROW_BLOCK = 8192  # the finisher keeps a [4, D] row in registers up to this 
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Allocation of every output and workspace (a seam for tests that poison buffers)."""
-    return torch.empty(shape, dtype=dtype, device=device)
+    """``triton_kernels.empty``, looked up at call time (tests replace it to poison buffers)."""
+    from fusegraph.kernels.mhc_pre import triton_kernels
+
+    return triton_kernels.empty(shape, dtype, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,73 +374,3 @@ def post_mix(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor, fn: Option
         BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_N=MIX_PAD, FUSE_GEMM=fuse, PRECISION=tc.dot_precision(dev),
         USE_PDL=tc.pdl_enabled(dev), num_warps=num_warps, num_stages=num_stages, **tc.launch_kwargs(dev))
     return out, part, sq
-
-
-# ---------------------------------------------------------------------------------------------
-# ops
-# ---------------------------------------------------------------------------------------------
-def _c(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
-
-
-def _empty_pre(residual: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    T, _, D = residual.shape
-    dev = residual.device
-    return (empty((T, D), residual.dtype, dev), empty((T, HC_MULT), torch.float32, dev),
-            empty((T, HC_MULT, HC_MULT), torch.float32, dev))
-
-
-def mhc_pre_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
-                    rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float,
-                    n_splits: Optional[int] = None, max_block_d: int = MAX_ROW_BLOCK
-                    ) -> tuple[Tensor, Tensor, Tensor]:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
-    T, C, D = residual.shape
-    if T == 0:
-        return _empty_pre(residual)
-    with tc.device_guard(residual.device):
-        part, sq = prenorm_gemm(residual.view(T, C * D), fn, MIX_PAD, n_splits)
-        return mix_finish(residual, part, sq, scale, base, norm_weight, rms_eps, hc_eps, norm_eps,
-                          sinkhorn_iters, post_mult, True, max_block_d)
-
-
-def mhc_post_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor,
-                     n_splits: Optional[int] = None) -> Tensor:
-    f, residual, post, comb = map(_c, (f, residual, post, comb))
-    if residual.shape[0] == 0:
-        return empty(tuple(residual.shape), residual.dtype, residual.device)
-    with tc.device_guard(residual.device):
-        return post_mix(f, residual, post, comb, None, n_splits)[0]
-
-
-def mhc_post_pre_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor, fn: Tensor, scale: Tensor,
-                         base: Tensor, norm_weight: Optional[Tensor], rms_eps: float, hc_eps: float,
-                         norm_eps: float, sinkhorn_iters: int, post_mult: float,
-                         n_splits: Optional[int] = None, max_block_d: int = MAX_ROW_BLOCK
-                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    f, residual, post, comb, fn, scale, base, norm_weight = map(
-        _c, (f, residual, post, comb, fn, scale, base, norm_weight))
-    if residual.shape[0] == 0:
-        return (empty(tuple(residual.shape), residual.dtype, residual.device),) + _empty_pre(residual)
-    with tc.device_guard(residual.device):
-        new_residual, part, sq = post_mix(f, residual, post, comb, fn, n_splits)
-        out, post_next, comb_next = mix_finish(new_residual, part, sq, scale, base, norm_weight, rms_eps, hc_eps,
-                                               norm_eps, sinkhorn_iters, post_mult, True, max_block_d)
-    return new_residual, out, post_next, comb_next
-
-
-def hc_head_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
-                    rms_eps: float, hc_eps: float, norm_eps: float, n_splits: Optional[int] = None,
-                    max_block_d: int = MAX_ROW_BLOCK) -> Tensor:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
-    T, C, D = residual.shape
-    if T == 0:
-        return empty((0, D), residual.dtype, residual.device)
-    with tc.device_guard(residual.device):
-        part, sq = prenorm_gemm(residual.view(T, C * D), fn, HEAD_PAD, n_splits)
-        out, _, _ = mix_finish(residual, part, sq, scale, base, norm_weight, rms_eps, hc_eps, norm_eps, 1, 1.0,
-                               False, max_block_d)
-    return out
-
-
-assert NUM_MIX <= MIX_PAD

@@ -31,6 +31,10 @@ def run_cli(*args: str, cwd: Path | str | None = None, timeout: float = 300,
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), full_env.get("PYTHONPATH", "")) if p)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    # The CLI is tested with the torch providers: Triton under the CPU interpreter would make a
+    # whole-model run take minutes, and the kernels have their own tests.
+    full_env.pop("TRITON_INTERPRET", None)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
     return subprocess.run([console_script(), *args], cwd=str(cwd or HERE), env=full_env, capture_output=True,
                           text=True, timeout=timeout)

@@ -238,7 +238,8 @@ def run_passes(gm: torch.fx.GraphModule, pats: list[Pattern], comps: list[Compos
 
     t = time.perf_counter()
     matches, misses = _match(gm, pats, seed, progress)
-    matches.sort(key=lambda m: min(_pos(gm, n) for n in m.region.nodes))
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    matches.sort(key=lambda m: min(order[n] for n in m.region.nodes))
     if fuel is not None:
         matches = matches[:max(0, fuel)]
     stages.append(StageInfo("match", time.perf_counter() - t, len(matches), f"{len(misses)} near misses"))
@@ -282,7 +283,8 @@ def run_passes(gm: torch.fx.GraphModule, pats: list[Pattern], comps: list[Compos
 
     t = time.perf_counter()
     sites = []
-    for call, site in sorted(site_by_call.items(), key=lambda kv: _pos(gm, kv[0])):
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for call, site in sorted(site_by_call.items(), key=lambda kv: order[kv[0]]):
         selection = plan_call(call, target)
         in_bytes = sum(_nbytes(a.meta.get("val")) for a in call.all_input_nodes)
         sites.append(_replace(site, selection=selection, fused_node=call.name, bytes_fused=in_bytes))
@@ -300,13 +302,6 @@ def _replace(site: MatchSite, **changes: Any) -> MatchSite:
 
 def _nbytes(val: Any) -> int:
     return val.numel() * val.element_size() if isinstance(val, torch.Tensor) else 0
-
-
-def _pos(gm: torch.fx.GraphModule, node: torch.fx.Node) -> int:
-    for i, n in enumerate(gm.graph.nodes):
-        if n is node:
-            return i
-    return -1
 
 
 def _impure(node: torch.fx.Node) -> bool:

@@ -94,9 +94,8 @@ def _insertion_point(match: Match) -> torch.fx.Node:
     if region.mutations:
         return region.mutations[-1]
     inside = set(region.nodes)
-    order = {n: i for i, n in enumerate(region.nodes[0].graph.nodes)}
     users = [u for o in region.outputs.values() for u in o.users if u not in inside]
-    return min(users, key=order.__getitem__) if users else region.nodes[-1]
+    return min(users, key=lambda n: n._sort_key) if users else region.nodes[-1]  # graph order
 
 
 def _inline_static(node: torch.fx.Node) -> None:
@@ -121,8 +120,7 @@ def _root(node: torch.fx.Node) -> torch.fx.Node:
 
 
 def _move_before(node: torch.fx.Node, anchor: torch.fx.Node) -> None:
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
-    if order[node] > order[anchor]:
+    if node._sort_key > anchor._sort_key:
         anchor.prepend(node)
 
 

@@ -25,7 +25,8 @@ class GraphFacts:
 
     def __init__(self, gm: torch.fx.GraphModule):
         self.gm = gm
-        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.nodes = list(gm.graph.nodes)
+        self.order = {n: i for i, n in enumerate(self.nodes)}
         self._constant: dict[torch.fx.Node, bool] = {}
         # Constants computed from a bound value (positions = arange(T) bound as ``loc``) must be
         # recomputed from the bound value: ``bound_to`` marks them for the current binding.
@@ -95,29 +96,10 @@ class GraphFacts:
         out = {u for n in closure for u in n.users if u not in closure and u.op != "output"}
         return sorted(out, key=self.order.__getitem__)
 
-    def backward_search(self, start: torch.fx.Node, fits: Callable[[torch.fx.Node], bool],
-                        stop: set[torch.fx.Node], max_depth: int = 6) -> torch.fx.Node | None:
-        """Breadth-first from ``start`` towards inputs; the first node ``fits`` accepts."""
-        seen = {start}
-        queue = deque([(start, 0)])
-        while queue:
-            node, depth = queue.popleft()
-            if node in stop or self.is_static(node):
-                continue
-            if fits(node):
-                return node
-            if depth == max_depth:
-                continue
-            for a in node.all_input_nodes:
-                if a not in seen:
-                    seen.add(a)
-                    queue.append((a, depth + 1))
-        return None
-
     def backward_fits(self, start: torch.fx.Node, fits: Callable[[torch.fx.Node], bool],
                       stop: set[torch.fx.Node], max_depth: int = 8, limit: int = 4) -> list[torch.fx.Node]:
-        """Like ``backward_search`` but collects up to ``limit`` fitting nodes, searching on past
-        each (``loc // P`` fits an index spec too; ``loc`` itself lies behind it)."""
+        """Breadth-first from ``start`` towards the inputs: up to ``limit`` nodes ``fits`` accepts,
+        searching on past each (``loc // P`` fits an index spec too; ``loc`` lies behind it)."""
         seen = {start}
         queue = deque([(start, 0)])
         found: list[torch.fx.Node] = []
@@ -149,6 +131,10 @@ class GraphFacts:
                         nxt.append(u)
             frontier = nxt
         return False
+
+    def between(self, lo: int, hi: int) -> list[torch.fx.Node]:
+        """Nodes strictly between topological positions ``lo`` and ``hi``."""
+        return self.nodes[lo + 1:hi]
 
     def topo(self, nodes: Iterable[torch.fx.Node]) -> list[torch.fx.Node]:
         return sorted(nodes, key=self.order.__getitem__)

@@ -5,10 +5,12 @@ For each pattern and each seed in the graph:
 1. **bind** the pattern's inputs to graph values (``bind``);
 2. check the pattern's **constraints** on the bound shape symbols;
 3. **evaluate** the closure of the bound values on random inputs, and the reference on the same
-   inputs; each reference output is **aligned** with the earliest graph value equal to it;
+   inputs; each reference output is **aligned** with the earliest graph value equal to it (same
+   dtype; the op's own shape preferred among views of one value);
 4. cut the **region** (backward slice from those values) and run the structural checks (``region``);
-5. **verify**: re-run the region alone against the reference under every regime of the pattern
-   (fresh inputs, stress distributions that make eps and constants visible).
+5. **verify**: every output must agree under every regime of the pattern (fresh inputs, stress
+   distributions that make eps and constants visible); regimes after the first are only run for
+   candidates that already agree under the first.
 
 Any spelling that computes the pattern's values matches — loops, einsum, ``x*x``, ``1/sqrt``,
 another dtype path within tolerance — and no subgraph with other semantics can, because step 5 would

@@ -71,7 +71,7 @@ def check(facts: GraphFacts, binding: Binding, region: Region) -> tuple[str, str
     if region.mutations:
         anchor = region.mutations[-1]
     elif first_user is not None:
-        anchor = next(n for n in facts.gm.graph.nodes if facts.order[n] == first_user)
+        anchor = facts.nodes[first_user]
     else:
         anchor = region.nodes[-1]
     last_input = max((facts.order[n] for n in bound.values() if n.op != "get_attr"), default=-1)
@@ -80,9 +80,8 @@ def check(facts: GraphFacts, binding: Binding, region: Region) -> tuple[str, str
     lo = min(facts.order[region.nodes[0]], facts.order[anchor])
     hi = max(facts.order[region.nodes[-1]], facts.order[anchor])
     inputs = set(bound.values())
-    for n in facts.gm.graph.nodes:
-        i = facts.order[n]
-        if i <= lo or i >= hi or n in nodes:
+    for n in facts.between(lo, hi):
+        if n in nodes:
             continue
         target = mutated_input(n)
         if target is not None and (target in inputs or target in nodes):

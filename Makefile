@@ -6,10 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0   # CPU wheel; an unpinned torch pulls GBs of CUDA wheels
+	$(PY) -m pip install -q torch==2.13.0 triton==3.6.0  # CPU torch (unpinned pulls GBs of CUDA wheels); triton as on the GPU image
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

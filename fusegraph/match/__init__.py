@@ -1,0 +1,1 @@
+"""fusegraph.match: matching by evaluation (see ``matcher`` for the design)."""

@@ -88,34 +88,8 @@ def deep_gemm_missing() -> Optional[str]:
 # -- kernel 2: the big fuse over DeepGEMM's partials -------------------------------------------------
 if tc.HAS_TRITON:
 
-    @triton.jit
-    def _split_sum4(part_t, s_ok, offset):
-        """Sum over the splits of the 4 partial mixes at ``offset`` of this token's rows -> [4]."""
-        c4 = tl.arange(0, 4)
-        return tl.sum(tl.load(part_t[:, None] + offset + c4[None, :], mask=s_ok[:, None], other=0.0), axis=0)
-
-    @triton.jit
-    def _sinkhorn_rows(m0, m1, m2, m3, iters, eps):
-        """Sinkhorn on a 4x4 held as its rows (four [4] vectors): row softmax + eps, a column
-        normalization, then ``iters - 1`` row/column rounds; column sums are elementwise adds."""
-        m0 = tl.exp(m0 - tl.max(m0, axis=0))
-        m1 = tl.exp(m1 - tl.max(m1, axis=0))
-        m2 = tl.exp(m2 - tl.max(m2, axis=0))
-        m3 = tl.exp(m3 - tl.max(m3, axis=0))
-        m0 = m0 / tl.sum(m0, axis=0) + eps
-        m1 = m1 / tl.sum(m1, axis=0) + eps
-        m2 = m2 / tl.sum(m2, axis=0) + eps
-        m3 = m3 / tl.sum(m3, axis=0) + eps
-        col = m0 + m1 + m2 + m3 + eps
-        m0, m1, m2, m3 = m0 / col, m1 / col, m2 / col, m3 / col
-        for _ in range(iters - 1):
-            m0 = m0 / (tl.sum(m0, axis=0) + eps)
-            m1 = m1 / (tl.sum(m1, axis=0) + eps)
-            m2 = m2 / (tl.sum(m2, axis=0) + eps)
-            m3 = m3 / (tl.sum(m3, axis=0) + eps)
-            col = m0 + m1 + m2 + m3 + eps
-            m0, m1, m2, m3 = m0 / col, m1 / col, m2 / col, m3 / col
-        return m0, m1, m2, m3
+    # The split reduction and the 4x4 Sinkhorn are the Triton provider's own (GPU-verified) helpers.
+    from fusegraph.kernels.mhc_pre.triton_token import _sinkhorn_rows, _split_sum4
 
     @triton.jit
     def _finish_kernel(res_ptr, part_ptr, sq_ptr, scale_ptr, base_ptr, norm_w_ptr, out_ptr, post_ptr, comb_ptr,

@@ -23,7 +23,10 @@ from fusegraph.kernels import _cuda_jit as jit
 from fusegraph.kernels._fp8 import NOPE_DIM, ROPE_DIM
 from fusegraph.kernels.store_fp8_paged.reference import check_args, store_fp8_paged
 
-MEASURED_FASTER = False          # set after the H100 run shows this provider beating Triton
+# H200, 2026-11-21 (benchmarks/results/ops_hopper_writers_h200_97af41c.log): the vector copy took
+# 4.17 / 11.84 us at 4096 / 16384 rows vs Triton's 6.88 / 22.18 us; at 128 rows 1.67 vs 1.57 us.
+MEASURED_FASTER = True           # above MIN_ROWS; the bulk copy never beat the vector copy
+MIN_ROWS = 1024                  # below this Triton measured as fast or faster
 PRIORITY = 25 if MEASURED_FASTER else 15
 BULK_MIN_ROWS: int | None = None  # rows from which the bulk copy measured faster than the vector copy
 COPY_ENV = "FUSEGRAPH_CUDA_COPY"
@@ -95,6 +98,8 @@ def _supports(cache, loc, k_nope, k_rope, page_size: int, quant_eps: float) -> s
         return "loc must be contiguous"
     if not quant_eps >= MIN_QUANT_EPS:
         return f"quant_eps {quant_eps} below {MIN_QUANT_EPS} (scales would leave the fp32 normal range)"
+    if loc.numel() < MIN_ROWS:
+        return f"{loc.numel()} rows: below {MIN_ROWS} rows Triton measured as fast (1.57 vs 1.67 us at 128 rows)"
     devices = {t.device for t in (cache, loc, k_nope, k_rope)}
     return None if len(devices) == 1 else "tensors on several devices"
 

@@ -126,9 +126,11 @@ def test_copy_variant_switch(module, monkeypatch):
 
 
 # -- store_fp8_paged gates -----------------------------------------------------------------------------
-def test_store_gate():
+def test_store_gate(monkeypatch):
     gate = store_cuda._supports
     cache, loc, nope, rope, page_size, eps = store_args()
+    assert f"below {store_cuda.MIN_ROWS} rows" in gate(cache, loc, nope, rope, page_size, eps)
+    monkeypatch.setattr(store_cuda, "MIN_ROWS", 0)  # the layout rules, on a few rows
     assert gate(cache, loc, nope, rope, page_size, eps) is None
     kv = torch.zeros(3, 512, dtype=torch.bfloat16)  # nope/rope as views of one kv row: aligned
     assert gate(cache, loc, kv[:, :448], kv[:, 448:], page_size, eps) is None

@@ -83,9 +83,9 @@ class CompiledModule(torch.nn.Module):
         op = ops.op_of_target(call.target)
         params = list(op.signature.parameters)
         node_args = [(p, a) for p, a in zip(params, call.args)]
-        names = [a.name for _, a in node_args if isinstance(a, torch.fx.Node)]
-        inputs_by_node = {v: k for k, v in site.inputs.items()}
-        arg_names = [_unfused_name(n, inputs_by_node, site) for n in names]
+        # Node names of the fused graph; an argument produced by another fused call is named after
+        # that call's getitem (callers map those back to unfused nodes through ``site.inputs``).
+        arg_names = [a.name for _, a in node_args if isinstance(a, torch.fx.Node)]
         literals = {p: a for p, a in node_args if not isinstance(a, torch.fx.Node)}
 
         def fn(*values: Any) -> tuple:
@@ -101,10 +101,6 @@ class CompiledModule(torch.nn.Module):
         bucket, each chosen provider) so no request pays a JIT stall; see ``fusegraph.warmup``."""
         from fusegraph.warmup import warmup
         return warmup(self, max_tokens, progress=progress, **kwargs)
-
-
-def _unfused_name(name: str, inputs_by_node: dict[str, str], site: MatchSite) -> str:
-    return name  # fused-call arguments are nodes of the unfused graph (or fused calls they fed)
 
 
 # -- stages ---------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from fusegraph.functionalize import functionalize_fresh_writes, write_into, written
+
 # -- labels ---------------------------------------------------------------------------------------
 _FUNCTION_LABELS: dict[Any, str] = {
     operator.add: "add", torch.add: "add", operator.iadd: "add",
@@ -50,7 +52,7 @@ _FUNCTION_LABELS: dict[Any, str] = {
     operator.getitem: "getitem", operator.setitem: "index_put",
     torch.arange: "iota", torch.zeros: "full", torch.ones: "full", torch.full: "full",
     torch.empty: "full", torch.zeros_like: "full", torch.ones_like: "full", torch.full_like: "full",
-    F.pad: "pad", F.embedding: "gather",
+    F.pad: "pad", F.embedding: "gather", written: "write", write_into: "write",
 }
 
 _METHOD_LABELS: dict[str, str] = {
@@ -102,14 +104,22 @@ def op_label(node: torch.fx.Node) -> str:
     return node.op
 
 
+_INPLACE_OPERATORS = frozenset({
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+    operator.irshift, operator.imatmul})
+
+
 def is_inplace(node: torch.fx.Node) -> bool:
     """Does ``node`` write into one of its inputs (setitem, ``index_put_``, ``copy_``, ``x.add_``)?"""
     if node.op == "call_function":
-        return node.target in (operator.setitem, operator.iadd, operator.imul) or \
-            str(getattr(node.target, "__name__", "")).endswith("_")
+        if getattr(node.target, "__module__", None) == "_operator":  # operator.and_ is plain `&`
+            return node.target in _INPLACE_OPERATORS
+        return str(getattr(node.target, "__name__", "")).endswith("_")
     if node.op == "call_method":
         name = str(node.target)
-        if name in ("__setitem__", "__iadd__", "__imul__", "__isub__", "__itruediv__"):
+        if name in ("__setitem__", "__iadd__", "__imul__", "__isub__", "__itruediv__", "__ifloordiv__",
+                    "__iand__", "__ior__", "__ixor__"):
             return True
         return name.endswith("_") and not name.startswith("__")
     return False
@@ -151,6 +161,7 @@ def _is_noop(node: torch.fx.Node) -> bool:
 def canonicalize(gm: torch.fx.GraphModule) -> dict[str, int]:
     """Remove no-op casts/views/copies and dead code; label every node. Returns counts by rule."""
     removed = {"noop": 0, "dead": 0, "get_attr": 0}
+    removed["writes"] = functionalize_fresh_writes(gm)
     first_attr: dict[str, torch.fx.Node] = {}
     for node in list(gm.graph.nodes):  # one node per attribute: writes and reads then meet
         if node.op != "get_attr":

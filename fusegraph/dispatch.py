@@ -12,6 +12,7 @@ import torch
 import torch.fx
 
 from fusegraph import ops
+from fusegraph.capture import memoized_meta
 from fusegraph.ops import Selection
 
 
@@ -32,7 +33,7 @@ def meta_val(node: torch.fx.Node):
         val = meta_val(node.args[0])[node.args[1]]
     elif ops.op_of_target(node.target) is not None:
         args = torch.fx.node.map_arg(node.args, lambda a: _as_meta(meta_val(a)))
-        val = node.target(*args)
+        val = memoized_meta("call_function", node.target, tuple(args), {}, lambda f, a, k: f(*a, **k))
     else:
         return None
     node.meta["val"] = val

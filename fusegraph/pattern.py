@@ -47,6 +47,8 @@ class TensorSpec:
     gen: Generator = randn()                          # how verification draws this input
     check: Callable[[Dims], bool] | None = None       # extra relation between symbols (n < W, ...)
     param: bool = False                               # a model parameter or buffer (get_attr / input)
+    empty_ok: bool = False                            # may bind an empty value (a list of 0 entries)
+    source_first: bool = False                        # prefer the value the site's uses fork from (bind)
 
     def dtype_ok(self, dtype: torch.dtype) -> bool:
         if self.dtypes is None:
@@ -68,7 +70,7 @@ class Pattern:
     op: str                                            # fused op name (fusegraph.ops registry)
     inputs: Mapping[str, TensorSpec]                   # op parameter -> graph value
     literals: Mapping[str, Any] = field(default_factory=dict)  # op parameter -> constant or fn(dims)
-    seed: str = ""                                     # input name the search starts from
+    seed: str = ""                                     # input the search starts from; every output depends on it
     seed_label: str | None = None                      # canonical op label the seed's user must have
     mutates: tuple[str, ...] = ()                      # inputs whose final state is an output
     constraints: Callable[[Dims], str | None] = lambda dims: None

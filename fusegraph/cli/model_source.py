@@ -28,7 +28,7 @@ from fusegraph.cli.errors import UsageError
 
 PRESETS = ("tiny", "flash", "pro")
 RUNNABLE_PRESETS = ("tiny",)        # the others are built on the meta device (planning only)
-DEFAULT_TOKENS = 256   # as fusegraph.compile's default: >= 128 so ratio-128 compressors emit a block
+DEFAULT_TOKENS = 128   # as fusegraph.compile's default: the fewest tokens with which a ratio-128 compressor emits a block
 
 
 @dataclass

@@ -27,7 +27,14 @@ class GraphFacts:
         self.gm = gm
         self.nodes = list(gm.graph.nodes)
         self.order = {n: i for i, n in enumerate(self.nodes)}
-        self._constant: dict[torch.fx.Node, bool] = {}
+        # One pass in topological order classifies every node (inputs come first), so the queries
+        # below are set lookups: they run hundreds of thousands of times per compile.
+        self._static: set[torch.fx.Node] = {n for n in self.nodes if self._compute_static(n)}
+        self._constant: set[torch.fx.Node] = set()
+        for n in self.nodes:
+            if n.op in ("call_function", "call_method") and n not in self._static and all(
+                    a in self._static or a in self._constant for a in n.all_input_nodes):
+                self._constant.add(n)
         # Constants computed from a bound value (positions = arange(T) bound as ``loc``) must be
         # recomputed from the bound value: ``bound_to`` marks them for the current binding.
         self.unfree: frozenset[torch.fx.Node] = frozenset()
@@ -43,6 +50,9 @@ class GraphFacts:
         self.unfree = frozenset(out)
 
     def is_static(self, node: torch.fx.Node) -> bool:
+        return node in self._static
+
+    def _compute_static(self, node: torch.fx.Node) -> bool:
         if node.op in ("placeholder", "get_attr"):
             return not isinstance(node.meta.get("val", getattr(self._attr(node), "data", None)), torch.Tensor)
         return "val" in node.meta and not isinstance(node.meta["val"], torch.Tensor) and \
@@ -58,14 +68,7 @@ class GraphFacts:
 
     def is_constant(self, node: torch.fx.Node) -> bool:
         """A tensor computed from static values only."""
-        if node in self._constant:
-            return self._constant[node]
-        result = False
-        if node.op in ("call_function", "call_method") and not self.is_static(node):
-            ins = node.all_input_nodes
-            result = all(self.is_static(a) or self.is_constant(a) for a in ins)
-        self._constant[node] = result
-        return result
+        return node in self._constant
 
     def free(self, node: torch.fx.Node) -> bool:
         """Available to any computation without binding: statics and constants."""

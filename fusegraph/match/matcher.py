@@ -122,7 +122,7 @@ class Matcher:
                               f"({', '.join(_spec_str(pattern, m) for m in binding.missing)}) near `{seed.name}`")
         bound = set(binding.nodes.values())
         self.facts.bound_to(bound)
-        closure = self.facts.topo(n for n in self.facts.closure(bound) if n not in bound)
+        closure = self.facts.topo(_near_seed(self.facts.closure(bound) - bound, seed))
         if not closure or all(n in self.claimed for n in closure):
             return None
         if len(closure) > MAX_CLOSURE:
@@ -286,6 +286,28 @@ class Matcher:
                         divergent_node=divergent.name if divergent is not None else None,
                         source=source_of(divergent) if divergent is not None else None,
                         matched_fraction=round(fraction, 3))
+
+
+def _near_seed(closure: set[torch.fx.Node], seed: torch.fx.Node) -> set[torch.fx.Node]:
+    """The part of a closure that can belong to the site: nodes that depend on the seed and what
+    they read. A shared input (positions feed every layer's index math) otherwise pulls the whole
+    model's uses of it into every layer's closure, which makes each layer's closure, and so its
+    cache signature, different. Every pattern output depends on the seed (``Pattern.seed``)."""
+    down: set[torch.fx.Node] = set()
+    stack = [u for u in seed.users if u in closure]
+    while stack:
+        n = stack.pop()
+        if n not in down:
+            down.add(n)
+            stack.extend(u for u in n.users if u in closure and u not in down)
+    keep = set(down)
+    stack = list(down)
+    while stack:
+        for a in stack.pop().all_input_nodes:
+            if a in closure and a not in keep:
+                keep.add(a)
+                stack.append(a)
+    return keep
 
 
 def _swaps(binding: Binding) -> list[Binding]:

@@ -45,3 +45,18 @@ def test_noop_casts_and_views_are_removed_and_get_attrs_merged():
     assert len(attrs) == len(set(attrs))
     assert [op_label(n) for n in gm.graph.nodes].count("cast") == 0
     torch.testing.assert_close(gm(x), M.forward(m, x))
+
+
+def test_bitwise_operators_are_not_mistaken_for_in_place_ops():
+    """``operator.and_`` is plain ``&``: its trailing underscore must not make it a mutation."""
+    from fusegraph.canonicalize import is_inplace, mutated_input
+
+    def f(a, b):
+        c = (a & b) | b   # traced as operator.and_ / operator.or_
+        return c.add_(1)
+
+    gm = torch.fx.symbolic_trace(f)
+    kinds = {n.name: is_inplace(n) for n in gm.graph.nodes if n.op.startswith("call")}
+    assert kinds == {"and_": False, "or_": False, "add_": True}
+    add = next(n for n in gm.graph.nodes if n.name == "add_")
+    assert mutated_input(add).name == "or_"

@@ -68,13 +68,7 @@ SPELLINGS = [
     ok(attn("attn-type_as-1/sqrt-x*x-sum_div-einsum-swapped-scalars_left-torch.split",
             arith=dict(cast="type_as", rsqrt="recip_sqrt", square="mul", mean="sum_div", linear="einsum", swap=True,
                        scalar_left=True), split="split")),
-    xfail(attn("attn-rope_into_empty_like", rope="empty_like"),
-          "symbolic_trace fails (TypeError: 'Proxy' object does not support item assignment); on the Dynamo "
-          "fallback nothing matches: q_norm_rope (semantics) 'output 0 of q_norm_rope ((16, 2, 512), "
-          "torch.bfloat16) is not computed: `out` (None:empty_like of q_rope) computes a value the pattern never "
-          "computes, although its operands match pattern values'; kv_norm_rope_quant (semantics) 'output 1 of "
-          "kv_norm_rope_quant ((16, 64), torch.bfloat16) is not computed: `unsqueeze` (view of cos) computes a "
-          "value the pattern never computes, although its operands match pattern values'"),
+    ok(attn("attn-rope_into_empty_like", rope="empty_like")),
     # -- compressor pooling ---------------------------------------------------------------------
     ok(pool("pool4-model", ratio=4)),
     ok(pool("pool128-model", ratio=128)),

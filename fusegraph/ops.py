@@ -19,7 +19,9 @@ Providers implement the op for some targets::
 A provider declares *where* it runs (``targets``, plus ``available`` for what this machine lacks:
 a missing package, no compiler) separately from *for which arguments* (``supports_args``: shapes,
 dtypes, alignment). Neither is for enablement policy: ``priority`` orders the usable providers
-and ``prefer`` overrides the order. The torch reference is always a provider, at priority 0, so a
+and ``prefer`` overrides the order. The one policy hook is ``measured``: a provider that is fast
+only for some arguments declines the others by citing a committed measurement (a crossover table
+with its device), and the call goes to the next usable provider. The torch reference is always a provider, at priority 0, so a
 call never lacks an implementation. Every selection keeps the reason each other provider was
 passed over; the report shows them per match site.
 """
@@ -78,6 +80,7 @@ class Provider:
     priority: int
     available: Callable[[], Reason] = _always
     supports_args: Callable[..., Reason] = _always
+    measured: Callable[..., Reason] = _always   # "measured slower here" (policy, cites its data)
 
     def why_not(self, target: str, args: tuple, kwargs: dict) -> Reason:
         if target not in self.targets:
@@ -85,10 +88,14 @@ class Provider:
         reason = self.available()
         if reason:
             return reason
-        try:
-            return self.supports_args(*args, **kwargs)
-        except Exception as exc:  # a broken gate must not take the call down; report it
-            return f"supports_args raised {type(exc).__name__}: {exc}"
+        for gate in (self.supports_args, self.measured):
+            try:
+                reason = gate(*args, **kwargs)
+            except Exception as exc:  # a broken gate must not take the call down; report it
+                return f"{getattr(gate, '__name__', 'gate')} raised {type(exc).__name__}: {exc}"
+            if reason:
+                return reason
+        return None
 
 
 _local = threading.local()
@@ -138,7 +145,8 @@ class FusedOp:
     # -- providers ---------------------------------------------------------------------------
     def provider(self, name: str, *, targets: Iterable[str], priority: int,
                  available: Callable[[], Reason] | None = None,
-                 supports_args: Callable[..., Reason] | None = None) -> Callable:
+                 supports_args: Callable[..., Reason] | None = None,
+                 measured: Callable[..., Reason] | None = None) -> Callable:
         """Decorator registering an implementation with the same signature as the reference."""
 
         def register(impl: Callable[..., Any]) -> Callable[..., Any]:
@@ -148,7 +156,8 @@ class FusedOp:
                 raise TypeError(f"provider {name!r} of {self.name}: parameters {params} differ from the "
                                 f"reference's {expected}")
             self.providers[name] = Provider(self.name, name, impl, frozenset(targets), priority,
-                                            available or _always, supports_args or _always)
+                                            available or _always, supports_args or _always,
+                                            measured or _always)
             return impl
 
         return register

@@ -1,4 +1,5 @@
-"""mhc_post: the Triton provider against an fp64 run of the reference, gates, dispatch."""
+"""mhc_post: the Triton provider against an fp64 run of the reference, gates, dispatch; the GPU
+correctness case runs for every GPU provider (Triton, TileLang: ``-k tilelang`` selects the latter)."""
 from __future__ import annotations
 
 import pytest
@@ -14,6 +15,22 @@ from fusegraph.kernels.mhc_pre.testing import poisoned_outputs, rel_l2
 interpreter = pytest.mark.skipif(not (tc.HAS_TRITON and tc.interpreting()),
                                  reason="CPU Triton cases need TRITON_INTERPRET=1")
 BF16_TOL = 1e-2
+
+
+def run_provider(args: tuple, provider: str):
+    """``provider`` through torch.ops (forced with ``ops.prefer``, asserting the selection), outputs poisoned."""
+    if provider == "triton":
+        with ops.prefer({"mhc_post": ["triton"]}):  # whatever the crossover table says
+            return run_triton(args, dispatch=True)
+    from fusegraph.kernels.mhc_pre import tilelang as tl_pre
+
+    if tl_pre.tilelang_missing():
+        pytest.skip(tl_pre.tilelang_missing())
+    with tl_pre.kernels().poisoned_outputs() as made, ops.prefer({"mhc_post": [provider]}):
+        assert mhc_post.select(targets.of_device(args[1].device), args).provider == provider
+        out = torch.ops.fusegraph.mhc_post(*args)
+    assert made
+    return out
 
 
 def run_triton(args: tuple, dispatch: bool = False, **overrides):
@@ -105,8 +122,9 @@ def test_torch_op_on_cpu_equals_reference():
 
 @pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
 @pytest.mark.parametrize("T", [1, 7, 63, 64, 333, 4096])
+@pytest.mark.parametrize("provider", ["triton", "tilelang"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_matches_fp64_reference(T, D):
+def test_gpu_matches_fp64_reference(T, D, provider):
     args = inputs.mhc_post_args(T, D, device="cuda", seed=T)
-    check(args, run_triton(args, dispatch=True))
+    check(args, run_provider(args, provider))

@@ -22,6 +22,22 @@ interpreter = pytest.mark.skipif(not (tc.HAS_TRITON and tc.interpreting()),
 TOLS = (1e-2, 1e-2, 1e-3, 1e-3)  # new_residual, layer_input (bf16); post, comb (fp32, TF32 GEMM on GPU)
 
 
+def run_provider(args: tuple, provider: str):
+    """``provider`` through torch.ops (forced with ``ops.prefer``, asserting the selection), outputs poisoned."""
+    if provider == "triton":
+        with ops.prefer({"mhc_post_pre": ["triton"]}):  # whatever the crossover table says
+            return run_triton(args, dispatch=True)
+    from fusegraph.kernels.mhc_pre import tilelang as tl_pre
+
+    if tl_pre.tilelang_missing():
+        pytest.skip(tl_pre.tilelang_missing())
+    with tl_pre.kernels().poisoned_outputs() as made, ops.prefer({"mhc_post_pre": [provider]}):
+        assert mhc_post_pre.select(targets.of_device(args[1].device), args).provider == provider
+        out = torch.ops.fusegraph.mhc_post_pre(*args)
+    assert made
+    return out
+
+
 def run_triton(args: tuple, dispatch: bool = False, **overrides):
     """The Triton provider on NaN-poisoned outputs; ``dispatch``: through torch.ops (asserting it selects triton)."""
     from fusegraph.kernels.mhc_pre import triton_kernels
@@ -110,11 +126,12 @@ def test_torch_op_on_cpu_equals_reference():
 @pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
 @pytest.mark.parametrize("T", [1, 7, 32, 333, 4096])
 @pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
+@pytest.mark.parametrize("provider", ["triton", "tilelang"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_matches_fp64_reference(T, D, norm):
+def test_gpu_matches_fp64_reference(T, D, norm, provider):
     args = inputs.mhc_post_pre_args(T, D, device="cuda", norm=norm, seed=T)
-    check(args, run_triton(args, dispatch=True))
+    check(args, run_provider(args, provider))
 
 
 @pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])

@@ -1,7 +1,8 @@
 """mhc_pre: the Triton provider against an fp64 run of the reference, argument gates, dispatch.
 
 CPU cases run the kernels through the Triton interpreter (``TRITON_INTERPRET=1``, as ``make test``
-sets it) at tiny sizes; GPU cases (``-m gpu``) run the DSV4 flash/pro sizes.
+sets it) at tiny sizes; GPU cases (``-m gpu``) run the DSV4 flash/pro sizes, the shared correctness
+case for every GPU provider (Triton, TileLang: ``-k tilelang`` selects the latter).
 """
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def check_against_oracle(args: tuple, outs: tuple) -> None:
         err = rel_l2(out, exp)
         assert err < tol, f"{name}: rel L2 {err:.3g} >= {tol}"
     assert outs[0].dtype == torch.bfloat16 and outs[1].dtype == outs[2].dtype == torch.float32
+
+
+def run_provider(args: tuple, provider: str) -> tuple:
+    """``provider`` through torch.ops (forced with ``ops.prefer``, asserting the selection), outputs poisoned."""
+    if provider == "triton":
+        with ops.prefer({"mhc_pre": ["triton"]}):  # whatever the crossover table says
+            return run_triton(args, dispatch=True)
+    from fusegraph.kernels.mhc_pre import tilelang as tl_pre
+
+    if tl_pre.tilelang_missing():
+        pytest.skip(tl_pre.tilelang_missing())
+    with tl_pre.kernels().poisoned_outputs() as made, ops.prefer({"mhc_pre": [provider]}):
+        sel = mhc_pre.select(targets.of_device(args[0].device), args)
+        assert sel.provider == provider, sel
+        outs = torch.ops.fusegraph.mhc_pre(*args)
+    assert made, "the launcher allocated nothing: poisoning did not apply"
+    return outs
 
 
 def run_triton(args: tuple, dispatch: bool = False, **overrides) -> tuple:
@@ -213,11 +231,12 @@ def test_norm_rounding_is_the_unfused_chain():
 @pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
 @pytest.mark.parametrize("T", [1, 7, 32, 333, 4096])
 @pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
+@pytest.mark.parametrize("provider", ["triton", "tilelang"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_matches_fp64_reference(T, D, norm):
+def test_gpu_matches_fp64_reference(T, D, norm, provider):
     args = inputs.mhc_pre_args(T, D, device="cuda", norm=norm, seed=T)
-    check_against_oracle(args, run_triton(args, dispatch=True))
+    check_against_oracle(args, run_provider(args, provider))
 
 
 @pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])

@@ -74,17 +74,22 @@ class Matcher:
         self.cache: dict[tuple[str, str], _Cached] = {}
         self.claimed: set[torch.fx.Node] = set()    # nodes of accepted regions (outputs included)
         self.internal: set[torch.fx.Node] = set()   # the same minus outputs: later patterns may read outputs
+        # op -> seeds a pattern of that op matched at: a smaller pattern of the same op (mhc_pre after
+        # mhc_pre_norm) has nothing left to find there, and its failed attempts would only cost time.
+        self.sealed: dict[str, set[torch.fx.Node]] = {}
 
     # -- public ------------------------------------------------------------------------------
     def run(self, pattern: Pattern) -> tuple[list[Match], list[NearMiss]]:
         matches, misses = [], []
         used: set[torch.fx.Node] = set()   # inputs of this pattern's matches: not seeds again (cos/sin)
+        sealed = self.sealed.setdefault(pattern.op, set())
         for seed in seeds(self.facts, pattern):
-            if seed in self.internal or seed in used:
+            if seed in self.internal or seed in used or seed in sealed:
                 continue
             result = self.try_seed(pattern, seed)
             if isinstance(result, Match):
                 used.update(result.binding.nodes.values())
+                sealed.add(seed)
                 matches.append(result)
                 self.claimed.update(result.region.nodes)
                 outs = set(result.region.outputs.values()) | set(result.region.mutations)

@@ -22,6 +22,27 @@ Buckets (:func:`token_buckets`): the powers of two and their 1.5x midpoints (1, 
 between powers of two (split counts are ``SMs // ceil(T / 64)``-style rules, whose power-of-two
 rounding moves at T that are no power of two); a provider whose variants depend on T in finer
 steps still compiles those at first use. ``tokens=`` replaces the list.
+
+Planning (:func:`plan`) answers the same question without running or compiling anything, on any
+machine: each site is rebuilt at every bucket as *meta* tensors (the same templates) and the op's
+dispatcher is asked which provider it picks on the plan target, with the providers ranked above it
+and why they were passed over::
+
+    p = plan(compiled, max_tokens=4096, target="sm90")   # a laptop will do
+    p.variants          # (op, provider) -> T buckets: what warmup() would compile there
+
+Two things a plan made off the target cannot see, and says so. Providers this machine lacks (a
+package, a compiler, the GPU): the dispatcher passes them over here, so the plan lists them
+(``WarmupPlan.unavailable_here``) with the buckets whose arguments their own gates accept (e.g. the
+CUDA writer of store_fp8_paged from its minimum row count); gates that ask the GPU itself refuse
+meta tensors. And choices taken from a committed per-GPU measurement: the mHC TileLang providers
+follow such a table (``kernels/mhc_pre/crossover.py``), so for each committed table the plan also
+lists what that GPU picks per bucket (``WarmupPlan.tables``): e.g. on the H200, mhc_pre at
+D = 7168 goes to TileLang only for 64 < T <= 128.
+
+Both results land in the compile report: :func:`warmup` stores a ``WarmState`` as
+``compiled.report.warm``, :func:`plan` a ``WarmupPlan`` as ``compiled.report.warmup_plan``
+(``fusegraph/records.py``), which ``fusegraph report --warmup MAX_TOKENS`` prints.
 """
 from __future__ import annotations
 
@@ -35,6 +56,8 @@ import torch.fx
 
 from fusegraph import ops
 from fusegraph import targets as _targets
+from fusegraph.records import (PlanStep, TablePlan, Unavailable, WarmFailure, WarmState, WarmupPlan,
+                               WarmVariant)
 
 # op -> parameters whose dim 0 is the token count T (docs/op-contracts.md); the first one names
 # the site's own T. Ops not listed: the first tensor argument names T, and every argument (other
@@ -118,6 +141,22 @@ class WarmupReport:
                 "buckets": list(self.buckets), "seconds": self.seconds, "ok": self.ok,
                 "entries": [asdict(e) | {"sites": list(e.sites)} for e in self.entries]}
 
+    def record(self) -> WarmState:
+        """The compile-report record (``compiled.report.warm``): warm variants and failures."""
+        sites: dict[tuple[str, str], set[str]] = {}
+        seconds: dict[tuple[str, str], float] = {}
+        for e in self.entries:
+            if e.compiled:
+                sites.setdefault((e.op, e.provider), set()).update(e.sites)
+                seconds[(e.op, e.provider)] = seconds.get((e.op, e.provider), 0.0) + e.seconds
+        variants = tuple(WarmVariant(op, provider, tokens, len(sites[(op, provider)]),
+                                     round(seconds[(op, provider)], 4))
+                         for (op, provider), tokens in sorted(self.warm().items()))
+        failures = tuple(WarmFailure(e.op, e.provider, e.tokens, len(e.sites), e.error or "")
+                         for e in self.failed())
+        return WarmState(self.device, self.target, self.max_tokens, self.buckets, len(self.entries),
+                         round(self.seconds, 3), variants, failures)
+
 
 def _ranges(tokens: tuple[int, ...]) -> str:
     return ",".join(str(t) for t in tokens) if tokens else "-"
@@ -192,6 +231,11 @@ class SiteTemplate:
         return tuple(_materialize(a, shape, device, generator) if a.is_tensor else a.literal
                      for a, shape in zip(self.args, self.shapes_at(T)))
 
+    def empty_args_at(self, T: int, device: torch.device) -> tuple:
+        """The arguments at T, uninitialized: enough for dispatch to choose (meta: no memory)."""
+        return tuple(_allocate(a, shape, device) if a.is_tensor else a.literal
+                     for a, shape in zip(self.args, self.shapes_at(T)))
+
     def _ratio(self) -> int:
         ratio_param = BLOCK_ROWS.get(self.op, ((), ""))[1]
         for a in self.args:
@@ -216,12 +260,15 @@ def _keeps_strides(a: ArgTemplate, shape: tuple[int, ...]) -> bool:
     return a.rows is None or a.stride[0] == max(a.stride)
 
 
+def _allocate(a: ArgTemplate, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    if _keeps_strides(a, shape):
+        return torch.empty_strided(shape, a.stride, dtype=a.dtype, device=device)
+    return torch.empty(shape, dtype=a.dtype, device=device)
+
+
 def _materialize(a: ArgTemplate, shape: tuple[int, ...], device: torch.device,
                  generator: torch.Generator) -> torch.Tensor:
-    if _keeps_strides(a, shape):
-        t = torch.empty_strided(shape, a.stride, dtype=a.dtype, device=device)
-    else:
-        t = torch.empty(shape, dtype=a.dtype, device=device)
+    t = _allocate(a, shape, device)
     if a.dtype.is_floating_point:  # small values: no overflow in exp/sigmoid chains (mHC, softmax)
         t.copy_(0.1 * torch.randn(shape, generator=generator, device=device))
     else:  # slots and indices: 0 is a valid slot of any cache; caches and flags start zeroed
@@ -336,7 +383,15 @@ def warmup(compiled: torch.nn.Module, max_tokens: int, progress: Union[bool, Pro
     if show:
         show(len(calls), len(calls), "done")
     report.seconds = time.perf_counter() - start
+    _store(compiled, "warm", report.record())
     return report
+
+
+def _store(compiled: torch.nn.Module, field_name: str, record: Any) -> None:
+    """Keep ``record`` in the compile report (``compiled.report.warm`` / ``.warmup_plan``)."""
+    report = getattr(compiled, "report", None)
+    if report is not None and hasattr(report, field_name):
+        setattr(report, field_name, record)
 
 
 def _run_one(tpl: SiteTemplate, T: int, sites: list[str], device: torch.device, target: str,
@@ -353,6 +408,159 @@ def _run_one(tpl: SiteTemplate, T: int, sites: list[str], device: torch.device, 
             op(*args)
             _synchronize(device)
     except Exception as exc:  # record it and go on: one broken variant must not stop the warm-up
-        error = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        error = _one_line(exc)
     seconds = time.perf_counter() - t0
     return WarmupEntry(tpl.op, provider, T, tuple(dict.fromkeys(sites)), error is None, round(seconds, 4), error)
+
+
+def _one_line(exc: BaseException) -> str:
+    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or [""])[0][:300]
+
+
+# -- planning -------------------------------------------------------------------------------------------
+def plan(compiled: torch.nn.Module, max_tokens: int, *, target: Optional[str] = None,
+         tokens: Optional[tuple[int, ...]] = None, device: Union[str, torch.device] = "meta",
+         note: str = "") -> WarmupPlan:
+    """Which (op, provider, T) variants ``warmup(compiled, max_tokens)`` would compile on ``target``
+    (default: the compile report's), without running or compiling anything.
+
+    The arguments are built on ``device``: meta tensors (default) need no memory and no GPU; on the
+    target's GPU, uninitialized tensors there let gates that look at the device (its name, pointer
+    alignment) answer as at run time. ``note`` is kept in the plan (e.g. why nothing was compiled).
+    """
+    report = getattr(compiled, "report", None)
+    target = _targets.parse(target) if target else (getattr(report, "target", None) or _targets.detect())
+    device = torch.device(device)
+    buckets = tuple(sorted(set(tokens))) if tokens else token_buckets(max_tokens)
+    templates = site_templates(compiled)
+
+    steps: list[PlanStep] = []
+    gates: list[tuple[str, str, str, int, Optional[str]]] = []   # (op, provider, why not here, T, gate answer)
+    for T in buckets:
+        layouts: dict[tuple, list[SiteTemplate]] = {}
+        for tpl in templates:
+            layouts.setdefault(tpl.key_at(T), []).append(tpl)
+        for members in layouts.values():
+            step, answers = _plan_step(members[0], T, len(members), device, target)
+            steps.append(step)
+            gates += answers
+
+    result = WarmupPlan(target=target, max_tokens=max_tokens, buckets=buckets, planned_on=str(device),
+                        variants=_plan_variants(steps), steps=tuple(steps),
+                        unavailable_here=_unavailable_here(gates),
+                        tables=_table_plans(templates, buckets, target), note=note)
+    _store(compiled, "warmup_plan", result)
+    return result
+
+
+def _plan_step(tpl: SiteTemplate, T: int, sites: int, device: torch.device, target: str
+               ) -> tuple[PlanStep, list[tuple[str, str, str, int, Optional[str]]]]:
+    """The dispatcher's choice at T, and for each provider ranked above it that this machine lacks,
+    what its argument gates say about these arguments (None: they accept them)."""
+    op = ops.get(tpl.op)
+    try:
+        args = tpl.empty_args_at(T, device)
+        selection = op.select(target, args)
+    except Exception as exc:  # no provider at all (a forced list that cannot run): say so, go on
+        return PlanStep(tpl.op, T, "", sites, (), _one_line(exc)), []
+    rank = op.providers[selection.provider].priority
+    above = tuple(r for r in selection.rejected
+                  if r.provider in op.providers and op.providers[r.provider].priority > rank)
+    answers = []
+    for r in above:
+        provider = op.providers[r.provider]
+        if target in provider.targets and provider.available() == r.reason:
+            answers.append((tpl.op, r.provider, r.reason, T, _gate_answer(provider, args)))
+    return PlanStep(tpl.op, T, selection.provider, sites, above), answers
+
+
+def _gate_answer(provider: ops.Provider, args: tuple) -> Optional[str]:
+    for gate in (provider.supports_args, provider.measured):
+        try:
+            reason = gate(*args)
+        except Exception as exc:  # a gate that needs the real device may raise on meta tensors
+            reason = f"{getattr(gate, '__name__', 'gate')} raised {_one_line(exc)}"
+        if reason:
+            return reason
+    return None
+
+
+def _plan_variants(steps: list[PlanStep]) -> tuple[WarmVariant, ...]:
+    """(op, provider) -> buckets; sites: the most sites it serves at one bucket."""
+    sites: dict[tuple[str, str], dict[int, int]] = {}
+    for s in steps:
+        if s.provider:
+            per_T = sites.setdefault((s.op, s.provider), {})
+            per_T[s.tokens] = per_T.get(s.tokens, 0) + s.sites
+    return _variants(sites)
+
+
+def _variants(sites: dict[tuple[str, str], dict[int, int]]) -> tuple[WarmVariant, ...]:
+    rows = [WarmVariant(op, provider, tuple(sorted(per_T)), max(per_T.values()))
+            for (op, provider), per_T in sites.items()]
+    return tuple(sorted(rows, key=lambda v: (v.op, v.tokens[0], v.provider)))
+
+
+def _unavailable_here(gates: list[tuple[str, str, str, int, Optional[str]]]) -> tuple[Unavailable, ...]:
+    """Per (provider, op) this machine lacks: why, and the buckets its argument gates accept."""
+    found: dict[tuple[str, str], tuple[str, set[int], list[str]]] = {}
+    for op, provider, reason, T, answer in gates:
+        _, accept, refuse = found.setdefault((provider, op), (reason, set(), []))
+        if answer is None:
+            accept.add(T)
+        elif not refuse:
+            refuse.append(answer)
+    return tuple(Unavailable(provider, op, reason, tuple(sorted(accept)), refuse[0] if refuse else "")
+                 for (provider, op), (reason, accept, refuse) in sorted(found.items()))
+
+
+# The mHC TileLang providers take a call only where a committed crossover table, measured on the
+# call's GPU, names TileLang the winner at the call's (op, hidden size D, T bucket); anything else
+# stays with the other provider the table compares it with (kernels/mhc_pre/crossover.py).
+TABLE_PROVIDER = "tilelang"
+TABLE_SIZE_ARG = ("residual", 2)   # D = residual.shape[2] in every op a table decides
+
+
+def _table_plans(templates: list[SiteTemplate], buckets: tuple[int, ...], target: str) -> tuple[TablePlan, ...]:
+    try:
+        from fusegraph.kernels.mhc_pre import crossover
+    except ImportError:  # pragma: no cover - the kernels ship with fusegraph
+        return ()
+    fallback = next(p for p in crossover.PROVIDERS if p != TABLE_PROVIDER)
+    by_size: dict[tuple[str, int], int] = {}   # (op, D) -> sites
+    for tpl in templates:
+        provider = ops.get(tpl.op).providers.get(TABLE_PROVIDER)
+        if tpl.op not in crossover.OPS or provider is None or target not in provider.targets:
+            continue
+        arg = next((a for a in tpl.args if a.name == TABLE_SIZE_ARG[0] and a.is_tensor), None)
+        if arg is not None and len(arg.shape) > TABLE_SIZE_ARG[1]:
+            key = (tpl.op, arg.shape[TABLE_SIZE_ARG[1]])
+            by_size[key] = by_size.get(key, 0) + 1
+    if not by_size:
+        return ()
+    plans = []
+    for table in crossover.load_tables():
+        sites: dict[tuple[str, str], dict[int, int]] = {}
+        notes: list[str] = []
+        for (op, D), n in sorted(by_size.items()):
+            if _forced(op):
+                notes.append(f"{op}: the provider order is forced (--provider / ops.prefer); the table is not asked")
+                continue
+            measured = table.status == crossover.MEASURED
+            if not measured:
+                notes.append(f"{op} at D = {D}: the table is unmeasured; {fallback} at every T")
+            elif table.lookup(op, D, 1) is None:
+                notes.append(f"{op} at D = {D}: not measured in this table; {fallback} at every T")
+            for T in buckets:
+                entry = table.lookup(op, D, T) if measured else None
+                winner = entry.winner if entry is not None else fallback
+                per_T = sites.setdefault((op, winner), {})
+                per_T[T] = per_T.get(T, 0) + n
+        plans.append(TablePlan(table.device, table.name, table.status, TABLE_PROVIDER, _variants(sites),
+                               tuple(notes)))
+    return tuple(plans)
+
+
+def _forced(op: str) -> bool:
+    """True when an ``ops.prefer`` context (``--provider``) fixes the op's provider order."""
+    return any(layer.get(op) or layer.get("*") for layer in ops._preferences())

@@ -7,6 +7,11 @@ in total. The expected DSV4 match set is checked against what matched; a shortfa
 or exit code 1 with ``--strict``.
 
 Planning needs no GPU: a report for ``--target sm90`` runs on a laptop, on meta-device models.
+
+``--warmup MAX_TOKENS`` adds the warm-up (``fusegraph.warmup``): where this machine can run the
+target (``cpu``, or its own GPU's target) every kernel variant up to MAX_TOKENS tokens is compiled
+and the report shows which are warm; elsewhere it shows the plan (which provider the dispatcher
+picks per op and T bucket, made on meta tensors) and says that nothing was compiled.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusegraph import cost
+from fusegraph import cost, targets
 from fusegraph.cli import model_source
 from fusegraph.cli.compiling import (CompileFn, default_compile, forced_providers, parse_providers,
                                      parse_target, run_compile)
@@ -116,15 +121,55 @@ def compile_source(source: model_source.ModelSource, target: str, compile_fn: Co
     return compiled
 
 
+def warmup_device(target: str) -> tuple[Any, str]:
+    """(device to warm up on, "") where this machine runs ``target``; else (None, why not)."""
+    import torch
+
+    if target == "cpu":
+        return torch.device("cpu"), ""
+    here = targets.detect()
+    if here == target:
+        return torch.device("cuda", torch.cuda.current_device()), ""
+    has = "only a CPU" if here == "cpu" else f"a {here} GPU"
+    return None, f"nothing compiled: this machine has {has}, no {target} GPU"
+
+
+def warm_up(compiled: Any, target: str, max_tokens: int, *, quiet: bool = False) -> list[str]:
+    """Plan the warm-up for ``target`` and, where this machine runs it, warm up; both land in
+    ``compiled.report`` (``warmup_plan``, ``warm``). Returns warnings (failed variants)."""
+    from fusegraph import warmup
+
+    device, why_not = warmup_device(target)
+    try:
+        if device is None:
+            warmup.plan(compiled, max_tokens, target=target, note=why_not)
+            return []
+        # on the target's own device the gates see the real GPU, as at run time
+        warmup.plan(compiled, max_tokens, target=target, device=device)
+    except TypeError as exc:  # the torch.compile fallback keeps no fused call sites to rebuild
+        return [f"warm-up: not available for this model ({exc})"]
+    progress = Progress(f"warming up up to {max_tokens} tokens on {device}", enabled=not quiet)
+    try:
+        done = warmup.warmup(compiled, max_tokens, progress=progress, device=device)
+    finally:
+        progress.close()
+    return [f"warm-up: {f.op} ({f.provider}) T={f.tokens} failed: {f.error}" for f in done.failed()]
+
+
 def run(args: argparse.Namespace, compile_fn: CompileFn | None = None) -> int:
     out_path = check_output_file(args.output) if args.output else None
     target = parse_target(args.target)
     forced = parse_providers(getattr(args, "provider", None))
+    max_tokens = getattr(args, "warmup", None)
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--warmup takes MAX_TOKENS >= 1, got {max_tokens}")
     source = model_source.load(args.model, tokens=args.tokens, seed=args.seed)
     start = time.monotonic()
     with forced_providers(forced):
         compiled = compile_source(source, target, compile_fn or default_compile(), quiet=args.quiet)
+        warm_warnings = warm_up(compiled, target, max_tokens, quiet=args.quiet) if max_tokens else []
     result = build(compiled, source, elapsed_s=time.monotonic() - start)
+    result.warnings += warm_warnings
     text = render(result, args.format, limit=args.limit)
     if out_path:
         write_text(out_path, text)
@@ -171,6 +216,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
     p.add_argument("--provider", action="append", metavar="OP=NAME[,NAME]",
                    help="force the provider order of a fused op (repeatable; '*' for all ops)")
+    p.add_argument("--warmup", type=int, metavar="MAX_TOKENS",
+                   help="warm up every kernel variant up to MAX_TOKENS tokens and show which are warm; "
+                        "without the target's GPU here, show the warm-up plan (nothing is compiled)")
     p.add_argument("--limit", type=int, default=20, metavar="N",
                    help="rows per table in text output (default 20, 0 = all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")

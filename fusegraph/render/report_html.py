@@ -1,16 +1,19 @@
 """One self-contained HTML page for ``fusegraph report --format html``.
 
 Same content as the text report, without truncation: every site with every replaced node name,
-every provider rejection, every near miss with its source line. Long lists fold with ``<details>``.
+every provider rejection, every near miss with its source line, and (``--warmup``) the warm-up:
+warm variants and failures, or the plan with every bucket's choice. Long lists fold with
+``<details>``.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fusegraph.records import MatchSite
+from fusegraph.records import CompileReport, MatchSite
 from fusegraph.render.html import bar, esc, page, table
 from fusegraph.render.report_text import provider_summary
 from fusegraph.render.text import compress_paths, human_bytes
+from fusegraph.render.warmup_text import bucket_ranges, gates_summary, passed_over_summary, plan_mismatches
 
 if TYPE_CHECKING:
     from fusegraph.cli.report import ReportResult
@@ -68,6 +71,8 @@ def render_html(result: "ReportResult") -> str:
     parts.append(table(["pattern", "fused op", "provider", "sites", "rejected (why)"], prow,
                        numeric=(3,), raw=(2, 4)))
 
+    parts.extend(warmup_html(rep))
+
     parts.append(f"<h2>Sites ({len(rep.sites)})</h2>")
     for p, sites in by_pattern.items():
         srows = []
@@ -95,3 +100,58 @@ def render_html(result: "ReportResult") -> str:
         parts.append("<h2>Compile timings</h2>")
         parts.append(table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in rep.timings.items()], numeric=(1,)))
     return page(f"fusegraph report: {rep.model} ({rep.target})", "\n".join(parts))
+
+
+def warmup_html(rep: CompileReport) -> list[str]:
+    """The warm-up section: warm variants (after a warm-up) and the plan (always, when made)."""
+    plan, warm = rep.warmup_plan, rep.warm
+    if plan is None and warm is None:
+        return []
+    parts = ["<h2>Warm-up</h2>"]
+    if warm is not None:
+        verdict = ('<span class="ok">all compiled</span>' if warm.ok
+                   else f'<span class="bad">{len(warm.failures)} failed</span>')
+        parts.append(f"<p>On <b>{esc(warm.device)}</b> ({esc(warm.target)}): T buckets "
+                     f"<code>{esc(','.join(map(str, warm.buckets)))}</code>, {warm.calls} calls in "
+                     f"{warm.seconds:.1f} s: {verdict}.</p>")
+        rows = [[v.op, f"<b>{esc(v.provider)}</b>", bucket_ranges(v.tokens, warm.buckets), v.sites,
+                 "" if v.seconds is None else f"{v.seconds:.2f}"] for v in warm.variants]
+        parts.append(table(["op", "provider", "warm T buckets", "sites", "seconds"], rows, numeric=(3, 4), raw=(1,)))
+        if warm.failures:
+            frows = [[f.op, f.provider, f.tokens, f.sites, f.error] for f in warm.failures]
+            parts.append(table(["op", "provider", "T", "sites", "error"], frows, numeric=(2, 3)))
+        if plan is not None and plan.buckets == warm.buckets:
+            differ = plan_mismatches(plan, warm)
+            parts.append(f'<div class="warn">Differs from the plan at: {esc("; ".join(differ))}</div>' if differ
+                         else f"<p>Every choice matches the plan made on {esc(plan.planned_on)}.</p>")
+    if plan is not None:
+        parts.append(f"<h3>Plan for {esc(plan.target)} (made on {esc(plan.planned_on)} tensors)</h3>")
+        if plan.note:
+            parts.append(f"<p>{esc(plan.note)}</p>")
+        prow = []
+        for v in plan.variants:
+            why = "<br>".join(f"<b>{esc(n)}</b>: {esc(r)}" + (f" (+{k - 1} other reasons by T)" if k > 1 else "")
+                              for n, r, k in passed_over_summary(plan.steps, v.op, v.provider)) or "&ndash;"
+            prow.append([v.op, f"<b>{esc(v.provider)}</b>", bucket_ranges(v.tokens, plan.buckets), v.sites, why])
+        parts.append(table(["op", "provider", "T buckets", "sites", "passed over (why)"], prow,
+                           numeric=(3,), raw=(1, 4)))
+        if plan.unavailable_here:
+            items = "".join(f"<li><b>{esc(u.provider)}</b> for {esc(u.op)}: {esc(u.reason)}; its argument gates "
+                            f"{esc(gates_summary(u, plan.buckets))}</li>" for u in plan.unavailable_here)
+            parts.append(f"<p>Not usable on this machine; a {esc(plan.target)} machine that has them may "
+                         f"choose them where their argument gates accept the call:</p><ul>{items}</ul>")
+        for t in plan.tables:
+            trows = [[v.op, v.provider, bucket_ranges(v.tokens, plan.buckets), v.sites] for v in t.variants]
+            parts.append(f"<p>On <b>{esc(t.device)}</b> ({esc(t.table)}, {esc(t.status)}), where "
+                         f"{esc(t.provider)} is installed, the crossover table picks:</p>")
+            if trows:
+                parts.append(table(["op", "provider", "T buckets", "sites"], trows, numeric=(3,)))
+            if t.notes:
+                parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in t.notes) + "</ul>")
+        srows = [[s.op, s.tokens, esc(s.provider) or "&ndash;", s.sites,
+                  "<br>".join(f"<b>{esc(r.provider)}</b>: {esc(r.reason)}" for r in s.passed_over) or esc(s.error)
+                  or "&ndash;"] for s in plan.steps]
+        parts.append(f"<details><summary>every bucket ({len(plan.steps)} choices)</summary>"
+                     + table(["op", "T", "provider", "sites", "passed over (why)"], srows,
+                             numeric=(1, 3), raw=(2, 4)) + "</details>")
+    return parts

@@ -2,8 +2,9 @@
 
 Sections, most useful first: a one-line verdict, matches per pattern against the expected DSV4
 set, coverage weighted by bytes and launches (per layer and total), the provider chosen per pattern
-with the reason each other provider was passed over, the sites (module path and node names), and
-the near misses with the first divergent node and its source line.
+with the reason each other provider was passed over, the warm-up (``--warmup``: the variants warmed,
+or the plan; ``render/warmup_text.py``), the sites (module path and node names), and the near misses
+with the first divergent node and its source line.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from fusegraph.records import MatchSite
 from fusegraph.render.text import Table, compress_paths, human_bytes, pct, shorten
+from fusegraph.render.warmup_text import warmup_text
 
 if TYPE_CHECKING:
     from fusegraph.cli.report import ReportResult
@@ -99,6 +101,12 @@ def render_text(result: "ReportResult", *, limit: int = 20) -> str:
                 out.append(f"      rejected {prov}: {shorten(reason, 110)}")
     out.append("")
 
+    # -- warm-up (--warmup) -------------------------------------------------------------------------------
+    warm = warmup_text(rep.warmup_plan, rep.warm, limit)
+    if warm:
+        out.append(warm)
+        out.append("")
+
     # -- sites ----------------------------------------------------------------------------------------
     t = Table(["#", "pattern", "module", "anchor", "fused node", "replaced", "provider"], title="Sites")
     rows, hidden = _limited(list(enumerate(rep.sites)), limit)
@@ -118,7 +126,7 @@ def render_text(result: "ReportResult", *, limit: int = 20) -> str:
     for m in rows:
         t.add(m.pattern, m.module or "(root)", m.kind, m.divergent_node or "-",
               shorten(short_source(m.source), 50) or "-", m.reason)
-    out.append(t.render() if misses else f"Near misses (0): none")
+    out.append(t.render() if misses else "Near misses (0): none")
     if hidden:
         out.append(_more(hidden, "near misses"))
 

@@ -44,12 +44,27 @@ COVERAGE_ROW = {
     "launches": int, "launches_fused": int, "bytes_saved": int, "launches_saved": int,
     "ops_share": NUM, "bytes_share": NUM, "launches_share": NUM,
 }
+WARM_VARIANT = {"op": str, "provider": str, "tokens": [int], "sites": int, "seconds": Opt(NUM)}
+WARM = {
+    "device": str, "target": str, "max_tokens": int, "buckets": [int], "calls": int, "seconds": NUM, "ok": bool,
+    "variants": [WARM_VARIANT],
+    "failures": [{"op": str, "provider": str, "tokens": int, "sites": int, "error": str}],
+}
+WARMUP_PLAN = {
+    "target": str, "max_tokens": int, "buckets": [int], "planned_on": str, "note": str,
+    "variants": [WARM_VARIANT],
+    "steps": [{"op": str, "tokens": int, "provider": str, "sites": int,
+               "passed_over": [{"provider": str, "reason": str}], "error": Opt(str)}],
+    "unavailable_here": [{"provider": str, "op": str, "reason": str, "gates_accept": [int], "gates_refuse": str}],
+    "tables": [{"device": str, "table": str, "status": str, "provider": str, "variants": [WARM_VARIANT],
+                "notes": [str]}],
+}
 REPORT = {
     "schema": str, "model": str, "target": str, "capture": str, "capture_note": str,
     "counts": MapOf(int), "expected": MapOf(int),
     "shortfall": MapOf({"expected": int, "matched": int}),
     "sites": [SITE], "near_misses": [NEAR_MISS], "before": Opt(GRAPH_STATS), "after": Opt(GRAPH_STATS),
-    "timings": MapOf(NUM),
+    "timings": MapOf(NUM), "warmup_plan": Opt(WARMUP_PLAN), "warm": Opt(WARM),
     "source": str, "device": str, "tokens": Opt(int),
     "coverage": Opt({"total": COVERAGE_ROW, "layers": [COVERAGE_ROW]}),
     "warnings": [str], "elapsed_s": NUM,

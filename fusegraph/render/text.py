@@ -52,6 +52,7 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
     max_width: int = 60          # per cell
     title: str = ""
+    left: Sequence[int] = ()     # columns kept left-aligned even when they look numeric (bucket lists)
 
     def add(self, *cells: object) -> None:
         self.rows.append(["" if c is None else str(c) for c in cells])
@@ -62,7 +63,7 @@ class Table:
         widths = [len(h) for h in self.headers]
         for r in rows:
             widths = [max(w, len(c)) for w, c in zip(widths, r)]
-        numeric = [all(not r[i] or _NUMERIC.match(r[i]) for r in rows) and any(r[i] for r in rows)
+        numeric = [i not in self.left and all(not r[i] or _NUMERIC.match(r[i]) for r in rows) and any(r[i] for r in rows)
                    for i in range(cols)]
 
         def fmt(cells: Iterable[str]) -> str:

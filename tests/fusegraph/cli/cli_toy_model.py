@@ -72,3 +72,14 @@ def make_with_config(tokens: int = 8, seed: int = 0, device: str = "cpu"):
     model, inputs = make(tokens=tokens, seed=seed, device=device)
     model.config = _Config()
     return model, inputs
+
+
+WIDE_DIM = 7168  # DSV4-Pro's hidden size: the committed mHC crossover table measured it
+
+
+def make_wide(tokens: int = 8, seed: int = 0):
+    """The same toy at D = 7168, built on the meta device (planning only: nothing is allocated)."""
+    with torch.device("meta"):
+        model = MHCToy(dim=WIDE_DIM, n_layers=1, seed=seed)
+    x = torch.empty(tokens, C, WIDE_DIM, dtype=torch.bfloat16, device="meta")
+    return model, (x,)

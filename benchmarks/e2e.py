@@ -16,8 +16,12 @@ positions 0..T-1. The fusable ops (mHC, norms, RoPE, compressor pooling, KV stor
 so this is their work for a decode batch of T sequences; attention sees at most T keys, far fewer
 than a real decode step, so attention time (and the whole-layer time) is understated at small T.
 
-Variants (``VARIANTS``), each compiled once per layer and token count (fusegraph graphs are
-specialized to their shapes; torch.compile runs with ``dynamic=False`` unless ``--compile-dynamic``):
+Variants (``VARIANTS``), each compiled once per layer and token count (torch.compile runs with
+``dynamic=False`` unless ``--compile-dynamic``). ``fusegraph.compile`` runs at the decode T itself; a
+prefill T above ``--prefill-compile-T`` (default 128, where every site of the stack exists) reuses
+one compile per layer made at that T: matching evaluates candidates at the graph's shapes, which
+takes minutes per layer at T=4096, while the fused graph is a shape-generic symbolic trace whose
+fused ops select their providers again at run time (outputs are judged at the run T):
 
 * ``eager``: the plain model;
 * ``compile``: ``torch.compile(layer)`` (Inductor, default mode);
@@ -49,12 +53,16 @@ Checks (pass/fail in the output): CUDA-graph replay of the fused variants equals
 breaks in ``fusegraph_compile``; every output within tolerance. Goals (``evaluate_goals``) are
 computed from the numbers of the same run.
 
-Budgets: a (variant, T) whose forward is projected past ``--case-budget`` seconds is skipped with
-the reason. ``fusegraph.compile`` is aborted past ``--compile-budget`` (checked between patterns)
-and skipped where projected past it (its time grows ~linearly with T above ~1k tokens, see
-``Budget.compile_projection``); everything past ``--time-budget`` is skipped. Out-of-memory skips
-the case. Results go to JSON (``--out``), a plot (``--plot``, see ``benchmarks/plot.py``) and a
-markdown headline (``--markdown``).
+Budgets: a (variant, T) whose forward is projected past ``--case-budget`` seconds (from the
+largest T measured) is skipped with the reason. ``fusegraph.compile`` is aborted past
+``--compile-budget`` (checked between patterns) and skipped where projected past it (its time grows
+~linearly with T above ~1k tokens, see ``Budget.compile_projection``). Under ``--time-budget``,
+everything past it is skipped, and so is a compile (torch.compile of a variant or of the fusable
+regions) whose slowest measured first call no longer fits in what is left; ``--T`` is measured in
+the order given, so the important token counts go first. Out-of-memory skips the case. Results go to
+JSON (``--out``) and a markdown table (``--markdown``) after every layer (so a run killed by a time
+limit keeps what it measured; SIGTERM ends the run cleanly), and to a plot at the end (``--plot``,
+see ``benchmarks/plot.py``).
 """
 from __future__ import annotations
 
@@ -66,6 +74,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -87,6 +96,12 @@ DRY_RUN_TOKENS = (8,)
 RATIOS = (0, 4, 128)
 ATTENTION_OPS = frozenset({"sparse_attn_sink", "gather_dequant"})  # not part of "the fusable part"
 COMPILE_LINEAR_T = 1024         # from this T on, fusegraph.compile time grows ~linearly with T
+PREFILL_COMPILE_T = 128         # prefill T reuse a fusegraph.compile made at this T (every site exists there)
+# fusegraph.compile of the 3-layer flash stack (meta tensors, sm90) on the 2-core CPU machine, by T
+# (s per layer summed): what makes compiling at the prefill T itself impractical.
+CPU_STACK_COMPILE_S = {1: 10.9, 64: 18.2, 128: 22.9, 256: 50.8, 512: 227.0, 1024: 519.0}
+CPU_STACK_COMPILE_NOTE = (", ".join(f"{s:.0f} s at T={t}" for t, s in CPU_STACK_COMPILE_S.items())
+                          + " (at least linear from 512 on: ~35 min at T=4096, hours at T=16384)")
 REPLAY_RTOL = 1e-5              # CUDA-graph replay vs plain run: bitwise expected, this allowed
 GOAL_DECODE_FUSABLE_X = 3.0     # fusable part at T = 1: x faster than torch.compile + CUDA graphs
 GOAL_PREFILL_LAYER_X = 1.3      # whole layer at prefill T: x faster than torch.compile
@@ -159,6 +174,7 @@ class Row:
     fused_calls: Optional[int] = None
     fused_share: Optional[float] = None  # device time inside fusegraph:: ops / gpu_us
     compile_s: Optional[float] = None  # fusegraph: fusegraph.compile; torch.compile variants: first call
+    compiled_at_T: Optional[int] = None  # fused variants: the T fusegraph.compile saw (see --prefill-compile-T)
     graph_breaks: Optional[int] = None
     graphs: Optional[int] = None
     rel_l2: Optional[float] = None   # vs fp64 (or vs eager when no fp64 reference)
@@ -189,6 +205,7 @@ class FusablePart:
     compile_graph_us: Optional[float] = None
     fused_graph_us: Optional[float] = None           # PDL on (or PDL unsupported)
     fused_graph_us_pdl_off: Optional[float] = None
+    compile_s: Optional[float] = None                # torch.compile of the regions: first call
     outputs_checked: int = 0
     outputs_within_tolerance: Optional[bool] = None
     check_reason: str = ""
@@ -267,6 +284,8 @@ class Options:
     timing: bool                     # False: the dry path (run once, no timing)
     export_check: bool
     fusable_max_T: int
+    prefill_compile_T: int           # fusegraph.compile once per layer at this T for larger prefill T (0: each T)
+    pdl_max_T: Optional[int]         # both PDL settings only up to this T (None: every T)
     max_seq_len: Optional[int]
     patterns: Optional[list[str]]   # fusegraph.compile(patterns=...); None: all
     providers: dict[str, list[str]]  # forced provider order per op ("*": every op), fusegraph.ops.prefer
@@ -291,7 +310,8 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
     p.add_argument("--ratios", type=_ints, default=list(RATIOS),
                    help="compress ratio of each layer, one layer each (default 0,4,128)")
     p.add_argument("--T", type=_ints, default=None,
-                   help=f"token counts (default {','.join(map(str, DECODE_TOKENS + PREFILL_TOKENS))}; "
+                   help=f"token counts, measured in this order (put the important ones first under a "
+                        f"--time-budget; default {','.join(map(str, DECODE_TOKENS + PREFILL_TOKENS))}; "
                         f"quick {','.join(map(str, QUICK_TOKENS))}; dry run {','.join(map(str, DRY_RUN_TOKENS))})")
     p.add_argument("--variants", type=_names, default=list(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     p.add_argument("--pdl", choices=("both", "on", "off"), default="both",
@@ -310,6 +330,12 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
                    help="fp64 reference of the layer for T <= this (default 64); above, outputs are judged "
                         "against eager")
     p.add_argument("--fusable-max-T", type=int, default=64, help="measure the fusable part for T <= this")
+    p.add_argument("--prefill-compile-T", type=int, default=PREFILL_COMPILE_T,
+                   help=f"prefill T (above --graph-max-T) larger than this reuse one fusegraph.compile per layer "
+                        f"made at this T (default {PREFILL_COMPILE_T}; 0: compile at every T, which takes minutes "
+                        f"per layer at 4096)")
+    p.add_argument("--pdl-max-T", type=int, default=None,
+                   help="with --pdl both: time PDL off as well only for T <= this (default: every T)")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="cache capacity in tokens (default 16384; tiny 512; at least the largest T)")
     p.add_argument("--case-budget", type=float, default=None,
@@ -350,7 +376,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
     dry = a.dry_run
     tokens = a.T or list(DRY_RUN_TOKENS if dry else QUICK_TOKENS if a.quick else DECODE_TOKENS + PREFILL_TOKENS)
     return Options(
-        preset=a.preset or ("tiny" if dry else "flash"), ratios=a.ratios, tokens=sorted(set(tokens)),
+        preset=a.preset or ("tiny" if dry else "flash"), ratios=a.ratios, tokens=list(dict.fromkeys(tokens)),
         variants=[v for v in VARIANTS if v in a.variants], pdl=a.pdl,
         device=a.device or ("cpu" if dry else "cuda"),
         iters=a.iters or (10 if a.quick else 20), replays=a.replays or (20 if a.quick else 50),
@@ -361,6 +387,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Options:
         compile_dynamic=a.compile_dynamic,
         compile_backend=a.compile_backend or ("aot_eager" if dry else "inductor"),
         timing=not dry, export_check=not a.no_export, fusable_max_T=a.fusable_max_T,
+        prefill_compile_T=a.prefill_compile_T, pdl_max_T=a.pdl_max_T,
         max_seq_len=a.max_seq_len, patterns=a.patterns,
         providers=providers, seed=a.seed,
         out=a.out, plot=a.plot, markdown=a.markdown)
@@ -678,9 +705,12 @@ def fusable_part(compiled: Any, x: torch.Tensor, layer: int, ratio: int, T: int,
     result.outputs_within_tolerance = not reasons
     result.check_reason = "; ".join(reasons)[:600]
     compiled_regions = compile_fn(gm)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        compiled_regions(*region_args)  # the compile (the dry path only checks that it compiles and runs)
+    _sync(x.device)
+    result.compile_s = time.perf_counter() - t0
     if not opts.timing:
-        with torch.no_grad():
-            compiled_regions(*region_args)  # the dry path only checks that it compiles and runs
         return result
     try:
         result.eager_graph_us, _ = time_graph(run_regions, opts.replays)
@@ -727,7 +757,8 @@ class Budget:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.t0 = time.perf_counter()
-        self.forward_s: dict[tuple[int, str], tuple[int, float]] = {}   # (layer, variant) -> (T, s)
+        self.forward_s: dict[tuple[int, str], tuple[int, float]] = {}   # (layer, variant) -> (largest T, s)
+        self.first_call_s: dict[str, float] = {}                         # compiling kind -> slowest first call
         self.compile_s: dict[int, list[tuple[int, float]]] = {}          # layer -> [(T, s)]
         self.compile_aborted: dict[int, tuple[int, str]] = {}             # layer -> (T, why)
 
@@ -737,6 +768,28 @@ class Budget:
     def out_of_time(self) -> Optional[str]:
         if self.opts.time_budget is not None and self.elapsed() > self.opts.time_budget:
             return f"run time budget ({self.opts.time_budget:.0f} s) spent"
+        return None
+
+    def record_forward(self, layer: int, variant: str, T: int, seconds: float) -> None:
+        """Keep the forward at the largest T: decode forwards are launch-bound, so projecting a prefill
+        forward from a small T would overestimate it by orders of magnitude."""
+        last = self.forward_s.get((layer, variant))
+        if last is None or T >= last[0]:
+            self.forward_s[(layer, variant)] = (T, seconds)
+
+    def record_first_call(self, kind: str, seconds: float) -> None:
+        self.first_call_s[kind] = max(seconds, self.first_call_s.get(kind, 0.0))
+
+    def compile_overruns(self, kind: str) -> Optional[str]:
+        """Why a first call (a compile) of ``kind`` would not fit in what is left of --time-budget,
+        projected from the slowest one so far (None: go, or nothing measured yet)."""
+        seconds = self.first_call_s.get(kind)
+        if self.opts.time_budget is None or seconds is None:
+            return None
+        left = self.opts.time_budget - self.elapsed()
+        if seconds > left:
+            return (f"its compile (up to {seconds:.0f} s so far) does not fit in the {max(left, 0):.0f} s left of "
+                    f"--time-budget {self.opts.time_budget:.0f} s")
         return None
 
     def forward_skip(self, layer: int, variant: str, T: int) -> Optional[str]:
@@ -772,10 +825,16 @@ class Budget:
         return s * T / t if T > t else s
 
 
+class Interrupted(BaseException):
+    """SIGTERM (e.g. ``timeout``) during a run: stop measuring, keep and write what was measured."""
+
+
 class Runner:
-    def __init__(self, opts: Options, log: Callable[[str], None]) -> None:
+    def __init__(self, opts: Options, log: Callable[[str], None],
+                 on_checkpoint: Optional[Callable[[RunResult], None]] = None) -> None:
         self.opts = opts
         self.log = log
+        self.on_checkpoint = on_checkpoint
         self.device = torch.device(opts.device)
         self.budget = Budget(opts)
         self.pdl_ok = pdl_supported(self.device)
@@ -784,6 +843,7 @@ class Runner:
             [True, False] if opts.pdl == "both" else [True] if opts.pdl == "on" else [False]
         ) if self.pdl_ok else [False] if self.device.type == "cuda" else [None]
         self._compiled_runners: dict[int, Callable[..., Any]] = {}  # --compile-dynamic: one per layer
+        self._prefill_compiled: dict[int, tuple[Any, float, int]] = {}  # layer -> (fused module, s, compile T)
         self.result = RunResult(meta=environment(self.device, opts), layers=[])
         self.result.notes += [
             "decode T = the prefill graph run on T new tokens at positions 0..T-1 of one sequence: the fusable "
@@ -797,6 +857,11 @@ class Runner:
         if not self.pdl_ok and opts.timing:
             self.result.notes.append("PDL is not supported here (needs sm90+ and Triton gdc_*): fused variants "
                                      "run once, PDL off")
+
+    def pdl_for(self, T: int) -> list[Optional[bool]]:
+        """PDL settings of the fused variants at T (--pdl-max-T: above it, the first setting only)."""
+        limit = self.opts.pdl_max_T
+        return self.pdl_settings[:1] if limit is not None and T > limit else self.pdl_settings
 
     # -- compile helpers ---------------------------------------------------------------------
     def torch_compile(self, module: Any) -> Callable[..., Any]:
@@ -840,6 +905,42 @@ class Runner:
                     f"{limit:g} s")
         return None
 
+    def compile_T_for(self, T: int) -> int:
+        """The T fusegraph.compile sees for a run at T: T itself, or --prefill-compile-T for prefill T
+        above it (the fused graph is a symbolic trace, shape-generic, and every fused op selects its
+        provider again from the real tensors at run time; outputs are judged at the run T)."""
+        c = self.opts.prefill_compile_T
+        return c if (c > 0 and T > self.opts.graph_max_T and T > c) else T
+
+    def _fused_module(self, runner: LayerRunner, layer: int, T: int, x: torch.Tensor) -> tuple[Any, Optional[str]]:
+        """(fused module, None) or (None, why the fused variants are skipped) for layer at T."""
+        compile_T = self.compile_T_for(T)
+        cached = self._prefill_compiled.get(layer) if compile_T != T else None
+        if cached is not None:
+            compiled, self._fg_seconds, self._fg_T = cached
+            self.log(f"  layer {layer} T={T}: reusing fusegraph.compile at T={self._fg_T} ({self._fg_seconds:.1f} s)")
+            return compiled, None
+        skip = self.budget.out_of_time() or self.compile_skip(layer, compile_T)
+        if skip is None and compile_T != T:
+            skip = self.budget.compile_overruns("fusegraph.compile")
+        if skip is not None:
+            return None, skip
+        example = x if compile_T == T else torch.empty((compile_T,) + tuple(x.shape[1:]), dtype=x.dtype,
+                                                        device="meta")
+        try:
+            compiled, seconds = self.fusegraph_compile(runner, layer, compile_T, example)
+        except Exception as exc:
+            why = f"fusegraph.compile{'' if compile_T == T else f' at T={compile_T}'} failed: {_short(exc)}"
+            self.log(f"  layer {layer} T={T}: {why}")
+            return None, why
+        self._fg_seconds, self._fg_T = seconds, compile_T
+        if compile_T != T:
+            self.budget.record_first_call("fusegraph.compile", seconds)
+            self._prefill_compiled[layer] = (compiled, seconds, compile_T)
+        self.log(f"  layer {layer} T={T}: fusegraph.compile at T={compile_T} {seconds:.1f} s, sites "
+                 f"{compiled.report.counts()}")
+        return compiled, None
+
     # -- one (layer, T) ----------------------------------------------------------------------
     def run_layer(self, layer: int, T: int) -> None:
         opts = self.opts
@@ -867,17 +968,9 @@ class Runner:
         compiled = None
         fg_skip = None
         self._fg_seconds: Optional[float] = None
+        self._fg_T: Optional[int] = None
         if FUSED_VARIANTS & set(opts.variants):
-            fg_skip = self.budget.out_of_time() or self.compile_skip(layer, T)
-            if fg_skip is None:
-                try:
-                    compiled, fg_seconds = self.fusegraph_compile(runner, layer, T, x)
-                    self._fg_seconds = fg_seconds
-                    self.log(f"  layer {layer} T={T}: fusegraph.compile {fg_seconds:.1f} s, sites "
-                             f"{compiled.report.counts()}")
-                except Exception as exc:
-                    fg_skip = f"fusegraph.compile failed: {_short(exc)}"
-                    self.log(f"  layer {layer} T={T}: {fg_skip}")
+            compiled, fg_skip = self._fused_module(runner, layer, T, x)
         ref64 = self._fp64_reference(compiled, x, T)
 
         for variant in opts.variants:
@@ -886,7 +979,10 @@ class Runner:
                 skip = fg_skip
             if skip is None:
                 skip = self.budget.forward_skip(layer, variant, T)
-            pdl_list = self.pdl_settings if variant in FUSED_VARIANTS else [None]
+            if skip is None and variant in COMPILED_VARIANTS and not (
+                    variant == "compile" and opts.compile_dynamic and layer in self._compiled_runners):
+                skip = self.budget.compile_overruns(variant)
+            pdl_list = self.pdl_for(T) if variant in FUSED_VARIANTS else [None]
             if skip is not None:
                 for p in pdl_list:
                     add(variant, p, skipped=skip)
@@ -898,11 +994,17 @@ class Runner:
         if compiled is not None and getattr(compiled, "unfused", None) is not None:
             self._layer_checks(compiled, x, layer, T)
             if T <= opts.fusable_max_T and (not opts.timing or T <= opts.graph_max_T):
-                try:
-                    part = fusable_part(compiled, x, layer, ratio, T, opts, self.torch_compile,
-                                        pdl_both=len(self.pdl_settings) > 1)
-                except Exception as exc:
-                    part = FusablePart(layer, ratio, T, error=_short(exc))
+                skip = self.budget.out_of_time() or self.budget.compile_overruns("fusable part")
+                if skip is not None:
+                    part = FusablePart(layer, ratio, T, error=f"skipped: {skip}")
+                else:
+                    try:
+                        part = fusable_part(compiled, x, layer, ratio, T, opts, self.torch_compile,
+                                            pdl_both=len(self.pdl_for(T)) > 1)
+                    except Exception as exc:
+                        part = FusablePart(layer, ratio, T, error=_short(exc))
+                    if part.compile_s is not None:
+                        self.budget.record_first_call("fusable part", part.compile_s)
                 self.result.fusable.append(part)
                 self.log(f"  layer {layer} T={T} fusable part: " + (part.error or (
                     f"eager {_fmt(part.eager_graph_us)} us, compile+cg {_fmt(part.compile_graph_us)} us, "
@@ -962,12 +1064,15 @@ class Runner:
                             compile_s = self._fg_seconds
                         if variant in COMPILED_VARIANTS:
                             compile_s = first_s
+                            self.budget.record_first_call(variant, first_s)
                             breaks = int(sum(counters["graph_break"].values()))
                             graphs = int(counters["stats"].get("unique_graphs", 0))
                     else:
                         with torch.no_grad():
                             out = fn(x)
                     row.compile_s, row.graph_breaks, row.graphs = compile_s, breaks, graphs
+                    if variant in FUSED_VARIANTS:
+                        row.compiled_at_T = self._fg_T
                     if eager_out is not None:
                         verdict = check_output(out, eager_out, ref64)
                         row.rel_l2, row.within_tolerance, row.check_reason = (verdict.rel_l2, verdict.passed,
@@ -977,6 +1082,9 @@ class Runner:
                     row.fused_share = prof.fused_share
                     if opts.timing:
                         self._time(row, fn, x, out, layer, variant)
+            except Interrupted:
+                row.skipped = "run interrupted while measuring this row"
+                raise
             except Exception as exc:
                 if _is_oom(exc):
                     row.skipped = f"out of memory: {_short(exc)}"
@@ -997,7 +1105,7 @@ class Runner:
             fn(x)
         _sync(self.device)
         forward_s = time.perf_counter() - t0
-        self.budget.forward_s[(layer, variant)] = (row.T, forward_s)
+        self.budget.record_forward(layer, variant, row.T, forward_s)
         row.stream_us = time_stream(lambda: fn(x), self.budget.iters_for(forward_s, opts.iters))
         if row.T <= opts.graph_max_T:
             try:
@@ -1048,20 +1156,46 @@ class Runner:
                                      "max_seq_len": cfg.max_seq_len, "kv_cache_layout": cfg.kv_cache_layout}
         self.log(f"[{self.budget.elapsed():6.1f}s] built {opts.preset} layers {self.stack.ratios} "
                  f"(max_seq_len {cfg.max_seq_len}) in {time.perf_counter() - t:.1f} s")
-        for T in opts.tokens:
-            for layer in range(len(self.stack.runners)):
-                self.log(f"[{self.budget.elapsed():6.1f}s] layer {layer} (ratio {self.stack.ratios[layer]}) T={T}")
-                try:
-                    self.run_layer(layer, T)
-                except Exception as exc:  # one broken layer must not take the run down
-                    self.result.notes.append(f"layer {layer} T={T}: {_short(exc)}")
-                    self.log(f"  layer {layer} T={T}: {_short(exc)}")
-                if not opts.compile_dynamic:
-                    torch._dynamo.reset()  # static compiles: free them, and stay under the recompile limit
-                self._free()
-        self.result.goals = evaluate_goals(self.result, opts)
-        self.result.meta["wall_s"] = round(self.budget.elapsed(), 1)
+        reused = [T for T in opts.tokens if self.compile_T_for(T) != T]
+        if reused and FUSED_VARIANTS & set(opts.variants):
+            self.result.notes.append(
+                f"prefill T={','.join(map(str, reused))}: the fused variants run the fusegraph.compile made once per "
+                f"layer at T={opts.prefill_compile_T} (rows: compiled_at_T). The fused graph is a symbolic trace "
+                f"(shape-generic) and every fused op selects its provider again from the real tensors, so it serves "
+                f"any T; its outputs are judged against eager at the run T. Compiling at the prefill T itself does "
+                f"not fit a GPU slot: matching evaluates candidate subgraphs at the graph's shapes, and on a 2-core "
+                f"CPU the 3-layer flash stack took {CPU_STACK_COMPILE_NOTE}")
+        try:
+            for T in opts.tokens:
+                for layer in range(len(self.stack.runners)):
+                    self.log(f"[{self.budget.elapsed():6.1f}s] layer {layer} (ratio {self.stack.ratios[layer]}) T={T}")
+                    try:
+                        self.run_layer(layer, T)
+                    except Exception as exc:  # one broken layer must not take the run down
+                        self.result.notes.append(f"layer {layer} T={T}: {_short(exc)}")
+                        self.log(f"  layer {layer} T={T}: {_short(exc)}")
+                    if not opts.compile_dynamic:
+                        torch._dynamo.reset()  # static compiles: free them, and stay under the recompile limit
+                    self._free()
+                    self._checkpoint()
+        except Interrupted as exc:
+            self.result.notes.append(f"run interrupted after {self.budget.elapsed():.0f} s ({exc}): what follows the "
+                                     "last measured layer was not run")
+            self.log(f"interrupted: {exc}")
+        self._prefill_compiled.clear()
+        self._checkpoint()
         return self.result
+
+    def _checkpoint(self) -> None:
+        """Goals and wall time so far, handed to --out/--markdown writers: a run killed at its time limit
+        keeps what it measured."""
+        self.result.goals = evaluate_goals(self.result, self.opts)
+        self.result.meta["wall_s"] = round(self.budget.elapsed(), 1)
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint(self.result)
+            except Exception as exc:  # a full disk must not lose the run in memory
+                self.log(f"writing results failed: {_short(exc)}")
 
 
 # -- goals ---------------------------------------------------------------------------------------
@@ -1195,6 +1329,8 @@ def format_report(result: RunResult) -> str:
         layer = "stack" if r.layer < 0 else str(r.layer)
         ratio = "" if r.layer < 0 else str(r.ratio)
         note = r.skipped and f"skipped: {r.skipped}" or r.error and f"ERROR: {r.error}" or r.check_reason
+        if r.compiled_at_T is not None and r.compiled_at_T != r.T and not r.skipped:
+            note = f"fusegraph.compile at T={r.compiled_at_T}" + (f"; {note}" if note else "")
         if r.graph_error:
             note = r.graph_error + " " + note
         elif r.replay_matches is False:
@@ -1240,6 +1376,25 @@ def write_json(path: str, result: RunResult) -> None:
         json.dump(result.as_dict(), f, indent=1, default=str)
 
 
+def write_outputs(opts: Options, result: RunResult, plot_too: bool = False,
+                  log: Optional[Callable[[str], None]] = None) -> None:
+    """--out JSON and --markdown (after every layer), and the --plot (at the end)."""
+    say = log or (lambda msg: None)
+    if opts.out:
+        write_json(opts.out, result)
+        say(f"wrote {opts.out}")
+    if opts.markdown or (plot_too and opts.plot):
+        from benchmarks import plot as _plot
+        data = result.as_dict()
+        if opts.markdown:
+            os.makedirs(os.path.dirname(os.path.abspath(opts.markdown)), exist_ok=True)
+            with open(opts.markdown, "w") as f:
+                f.write(_plot.markdown(data))
+            say(f"wrote {opts.markdown}")
+        if plot_too and opts.plot:
+            say(f"wrote {_plot.plot(data, opts.plot)}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     opts = parse_args(argv)
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
@@ -1250,25 +1405,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("benchmarks.e2e: timing needs a CUDA device; use --dry-run on CPU", file=sys.stderr)
         return 2
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    runner = Runner(opts, log)
+    runner = Runner(opts, log, on_checkpoint=lambda result: write_outputs(opts, result))
     log(f"{runner.result.meta.get('device')} | torch {torch.__version__} | preset {opts.preset} | ratios "
-        f"{opts.ratios} | T {opts.tokens} | variants {opts.variants} | PDL {runner.pdl_settings}")
+        f"{opts.ratios} | T {opts.tokens} | variants {opts.variants} | PDL {runner.pdl_settings} | "
+        f"prefill compile T {opts.prefill_compile_T} | time budget {opts.time_budget}")
     from fusegraph.cli.compiling import forced_providers
-    with forced_providers(opts.providers):
-        result = runner.run()
-    if opts.out:
-        write_json(opts.out, result)
-        log(f"wrote {opts.out}")
-    if opts.plot or opts.markdown:
-        from benchmarks import plot as _plot
-        data = result.as_dict()
-        if opts.plot:
-            written = _plot.plot(data, opts.plot)
-            log(f"wrote {written}")
-        if opts.markdown:
-            with open(opts.markdown, "w") as f:
-                f.write(_plot.markdown(data))
-            log(f"wrote {opts.markdown}")
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with forced_providers(opts.providers):
+            result = runner.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    write_outputs(opts, result, plot_too=True, log=log)
     print(format_report(result))
     failed = any(g.passed is False for g in result.goals) or any(r.error for r in result.rows)
     return 1 if failed else 0

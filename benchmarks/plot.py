@@ -12,7 +12,9 @@ their rows are concatenated, later files win for the same (layer, T, variant, PD
   matplotlib when it is installed; otherwise (or for a ``.svg`` path) a self-contained SVG is
   written next to it, drawn here without dependencies.
 * ``markdown(data)``: the headline table for the README: per T, the per-layer time of each variant
-  (mean over the layers), the speedups over torch.compile, the fusable-part numbers and the goals.
+  (mean over the layers), the speedups over torch.compile, the fusable-part numbers and the goals;
+  then every row per layer (time, kernel launches, share of GPU time in fused ops, PDL, compile
+  time) and the run's notes (why something was skipped, how prefill was compiled).
 """
 from __future__ import annotations
 
@@ -205,8 +207,9 @@ def _f(v: Optional[float], spec: str = ".1f") -> str:
     return "–" if v is None else format(v, spec)
 
 
-def markdown(data: dict[str, Any]) -> str:
-    """The README headline: per-layer time per variant and T, speedups, fusable part, goals."""
+def markdown(data: dict[str, Any], detail: bool = True) -> str:
+    """The README headline: per-layer time per variant and T, speedups, fusable part, goals; with
+    ``detail``, every row (kernel launches, fused share, PDL, compile time) and the run's notes."""
     meta = data.get("meta", {})
     rows = data.get("rows", [])
     pdl = _pdl_choice(rows)
@@ -250,7 +253,47 @@ def markdown(data: dict[str, Any]) -> str:
             status = "not measured" if g.get("passed") is None else ("pass" if g["passed"] else "FAIL")
             value = f" ({g['value']:.2f}x)" if g.get("value") is not None else ""
             lines.append(f"| {g['name']} | {g['target']} | {status}{value} |")
+    if detail:
+        lines += [""] + per_layer_table(data)
+        notes = data.get("notes", [])
+        if notes:
+            lines += ["", "Notes:", ""] + [f"- {_cell(n)}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+VARIANT_ORDER = list(VARIANT_LABELS)
+
+
+def per_layer_table(data: dict[str, Any]) -> list[str]:
+    """Every measured row: time (CUDA graph or stream), kernel launches (GPU activities of one forward),
+    share of GPU time inside fused ops, PDL, compile seconds (and the T fusegraph.compile saw)."""
+    rows = sorted(data.get("rows", []), key=lambda r: (r["T"], r["layer"], VARIANT_ORDER.index(r["variant"])
+                                                        if r["variant"] in VARIANT_ORDER else 9, r.get("pdl") is False))
+    lines = ["Per layer and variant (time: CUDA-graph replay where measured, else launched from Python):", "",
+             "| layer | ratio | T | variant | PDL | time µs | mode | kernels | fused calls | fused % | compile s | "
+             "rel L2 | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        us = _headline(r)
+        mode = "–" if us is None else ("graph" if r.get("graph_us") is not None else "stream")
+        pdl = "–" if r.get("pdl") is None else ("on" if r["pdl"] else "off")
+        share = r.get("fused_share")
+        compile_s = _f(r.get("compile_s"))
+        at = r.get("compiled_at_T")
+        if at is not None and at != r["T"] and r.get("compile_s") is not None:
+            compile_s += f" (at T={at})"
+        note = (f"skipped: {r['skipped']}" if r.get("skipped") else f"ERROR: {r['error']}" if r.get("error")
+                else r.get("graph_error") or ("" if r.get("within_tolerance") in (True, None) else "outside tolerance"))
+        lines.append("| " + " | ".join([
+            str(r["layer"]), str(r["ratio"]), str(r["T"]), VARIANT_LABELS.get(r["variant"], r["variant"]), pdl,
+            _f(us), mode, "–" if r.get("gpu_ops") is None else str(r["gpu_ops"]),
+            "–" if r.get("fused_calls") is None else str(r["fused_calls"]),
+            "–" if share is None else f"{100 * share:.0f}", compile_s,
+            "–" if r.get("rel_l2") is None else f"{r['rel_l2']:.1e}", _cell(note)[:160]]) + " |")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

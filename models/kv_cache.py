@@ -10,8 +10,8 @@ Two storage layouts, selected by `DSV4Config.kv_cache_layout`:
   64 bf16 rope values (little endian), and at `P*576 + s*8` 7 ue8m0 scale bytes
   (`log2(scale) + 127`) + 1 pad byte. Slot `loc` -> page `loc // P`, row `loc % P`.
   `store_fp8_paged` quantizes and scatters with explicit byte offsets (rows with loc < 0 are
-  skipped); `gather_fp8_paged` gathers slots (any index shape) and dequantizes
-  (`fp8 * 2^(byte - 127)`).
+  skipped; plain scatters without accumulate, which Inductor compiles on every backend);
+  `gather_fp8_paged` gathers slots (any index shape) and dequantizes (`fp8 * 2^(byte - 127)`).
 
 Cache slots are absolute positions (no ring buffer): capacity = `max_seq_len` tokens for the
 window cache and `max_seq_len // ratio` for a compressed cache. The caches are non-persistent
@@ -58,23 +58,37 @@ def quantize_fp8_rows(k_nope: Tensor, quant_eps: float) -> tuple[Tensor, Tensor]
 def store_fp8_paged(
     cache: Tensor, loc: Tensor, k_nope: Tensor, k_rope: Tensor, page_size: int, quant_eps: float
 ) -> None:
-    """Quantize rows and scatter them into the DSV4 paged FP8 cache (rows with loc < 0 skipped)."""
+    """Quantize rows and scatter them into the DSV4 paged FP8 cache (rows with loc < 0 skipped).
+
+    Padding rows (loc < 0) are skipped without a data-dependent shape (which would stop tracing and
+    fake-tensor propagation) and without an accumulating scatter (Inductor lowers
+    ``index_put_(..., accumulate=True)`` to atomic adds, which Triton lacks for uint8): they are sent
+    to slot 0 and write the bytes slot 0 ends with -- those of the valid row stored there, else the
+    bytes already there -- so every write to slot 0 carries the same bytes and the result does not
+    depend on the order of the writes. Valid slots must be distinct (as for any scatter)."""
     nope_bytes, scale_bytes = quantize_fp8_rows(k_nope, quant_eps)
     rope_bytes = k_rope.to(torch.bfloat16).contiguous().view(torch.uint8)  # little endian
     row_bytes = torch.cat([nope_bytes, rope_bytes], -1)  # [T, 576]
     scale_bytes = torch.cat([scale_bytes, scale_bytes.new_zeros(scale_bytes.size(0), 1)], -1)  # [T, 8]
-    # Rows with loc < 0 are skipped without a data-dependent shape (which would stop tracing and
-    # fake-tensor propagation): every row adds (new - old) mod 256 to its bytes, skipped rows add 0.
     valid = (loc >= 0).unsqueeze(1)
-    loc = loc.clamp_min(0)
-    page = (loc // page_size).unsqueeze(1)
-    row = loc % page_size
-    row_cols = (row * ROW_BYTES).unsqueeze(1) + torch.arange(ROW_BYTES, device=loc.device)
-    scale_cols = (page_size * ROW_BYTES + row * SCALE_BYTES).unsqueeze(1) + torch.arange(SCALE_BYTES, device=loc.device)
-    row_delta = torch.where(valid, row_bytes - cache[page, row_cols], 0).to(torch.uint8)
-    scale_delta = torch.where(valid, scale_bytes - cache[page, scale_cols], 0).to(torch.uint8)
-    cache.index_put_((page, row_cols), row_delta, accumulate=True)
-    cache.index_put_((page, scale_cols), scale_delta, accumulate=True)
+    at_slot0 = valid & (loc == 0).unsqueeze(1)  # the valid row stored at slot 0, if any
+    slot = loc.clamp_min(0)
+    page = (slot // page_size).unsqueeze(1)
+    row = slot % page_size
+    row_offsets = torch.arange(ROW_BYTES, device=loc.device)  # byte offsets of slot 0's row ...
+    scale_offsets = page_size * ROW_BYTES + torch.arange(SCALE_BYTES, device=loc.device)  # ... and scales
+    _scatter_skipping_padding(cache, page, (row * ROW_BYTES).unsqueeze(1) + row_offsets, row_offsets, row_bytes,
+                              valid, at_slot0)
+    _scatter_skipping_padding(cache, page, (row * SCALE_BYTES).unsqueeze(1) + scale_offsets, scale_offsets,
+                              scale_bytes, valid, at_slot0)
+
+
+def _scatter_skipping_padding(cache: Tensor, page: Tensor, cols: Tensor, slot0_cols: Tensor, data: Tensor,
+                              valid: Tensor, at_slot0: Tensor) -> None:
+    """``cache[page, cols] = data`` for valid rows; padding rows (at slot 0) write slot 0's final bytes."""
+    stored_at_slot0 = (at_slot0 * data).sum(0).to(torch.uint8)  # at most one row is selected
+    slot0_final = torch.where(at_slot0.any(), stored_at_slot0, cache[0, slot0_cols])
+    cache.index_put_((page, cols), torch.where(valid, data, slot0_final))
 
 
 def gather_fp8_paged(cache: Tensor, slots: Tensor, page_size: int) -> Tensor:

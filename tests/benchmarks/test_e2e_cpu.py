@@ -143,6 +143,92 @@ def test_timing_path_with_fake_clocks(monkeypatch):
     assert "x compile+cg" in text and "[FAIL] decode fusable part" in text and "capture/replay failed" in text
 
 
+@pytest.mark.slow
+def test_prefill_reuses_one_fusegraph_compile_per_layer(monkeypatch):
+    """Prefill T above --prefill-compile-T run the fused module compiled once at that T (decode T
+    compile at their own T); the reused module's outputs are judged at the run T."""
+    compiled_at = []
+    real = e2e.Runner.fusegraph_compile
+
+    def counting(self, runner, layer, T, x):
+        compiled_at.append((T, x.shape[0]))
+        return real(self, runner, layer, T, x)
+
+    monkeypatch.setattr(e2e.Runner, "fusegraph_compile", counting)
+    opts = e2e.parse_args(["--dry-run", "--ratios", "0", "--T", "8,160,200", "--graph-max-T", "8",
+                           "--prefill-compile-T", "128", "--variants", "eager,fusegraph", "--provider", "*=torch",
+                           "--compile-backend", "eager", "--no-export", "--fusable-max-T", "0"])
+    try:
+        from fusegraph.cli.compiling import forced_providers
+        with forced_providers(opts.providers):
+            result = e2e.Runner(opts, lambda msg: None).run()
+    finally:
+        torch._dynamo.reset()
+    assert compiled_at == [(8, 8), (128, 128)]  # once per layer for both prefill T
+    fused = {r.T: r for r in result.rows if r.variant == "fusegraph"}
+    assert {T: r.compiled_at_T for T, r in fused.items()} == {8: 8, 160: 128, 200: 128}
+    for r in fused.values():
+        assert not r.error and not r.skipped and r.within_tolerance is True, r
+        assert r.fused_calls == sum(r.sites.values()) >= 5
+    assert any("prefill T=160,200" in n and "T=128" in n for n in result.notes)
+    assert "fusegraph.compile at T=128" in e2e.format_report(result)
+
+
+def test_sigterm_ends_the_run_and_keeps_what_was_measured(monkeypatch, tmp_path):
+    """A time limit's SIGTERM stops the run after the layers already measured; JSON and markdown are
+    written (they are also written after every layer, for a harder kill)."""
+    import signal
+
+    calls = []
+
+    def fake_layer(self, layer, T):
+        calls.append((layer, T))
+        self.result.rows.append(e2e.Row(layer, self.stack.ratios[layer], T, "eager", None, rel_l2=0.0,
+                                        within_tolerance=True))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(e2e.Runner, "run_layer", fake_layer)
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    rc = e2e.main(["--dry-run", "--ratios", "0,4", "--T", "8,16", "--variants", "eager", "--out", str(out),
+                   "--markdown", str(md)])
+    assert calls == [(0, 8), (1, 8)] and rc == 0
+    data = json.loads(out.read_text())
+    assert [(r["layer"], r["T"]) for r in data["rows"]] == [(0, 8), (1, 8)]
+    assert any("interrupted" in n for n in data["notes"])
+    assert "interrupted" in md.read_text()
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler is restored
+
+
+def test_budget_projects_compiles_and_forwards_from_what_was_measured():
+    budget = e2e.Budget(_opts(time_budget=100.0, case_budget=12.0))
+    assert budget.compile_overruns("compile") is None             # nothing measured: go
+    budget.record_first_call("compile", 40.0)
+    budget.record_first_call("compile", 20.0)                      # the slowest one counts
+    assert budget.first_call_s["compile"] == 40.0 and budget.compile_overruns("compile") is None
+    budget.t0 -= 70.0                                              # 30 s left
+    assert "does not fit in the 30 s left" in budget.compile_overruns("compile")
+    assert budget.compile_overruns("fusable part") is None
+    assert e2e.Budget(_opts(time_budget=None)).compile_overruns("compile") is None
+    # a prefill forward is projected from the largest T measured, not from a launch-bound decode T
+    budget.record_forward(0, "eager", 4096, 0.2)
+    budget.record_forward(0, "eager", 8, 0.01)
+    assert budget.forward_s[(0, "eager")] == (4096, 0.2)
+    assert budget.forward_skip(0, "eager", 16384) is None          # 0.8 s x 3 < 12 s
+    assert budget.iters_for(0.8, 20) == 3
+
+
+def test_pdl_settings_and_compile_T_per_token_count():
+    runner = e2e.Runner.__new__(e2e.Runner)
+    runner.opts = _opts(pdl_max_T=64, graph_max_T=64, prefill_compile_T=128)
+    runner.pdl_settings = [True, False]
+    assert runner.pdl_for(1) == [True, False] and runner.pdl_for(64) == [True, False]
+    assert runner.pdl_for(4096) == [True]
+    assert [runner.compile_T_for(T) for T in (1, 64, 100, 4096, 16384)] == [1, 64, 100, 128, 128]
+    runner.opts = _opts(pdl_max_T=None, prefill_compile_T=0)
+    assert runner.pdl_for(4096) == [True, False] and runner.compile_T_for(4096) == 4096
+
+
 def test_cli_without_gpu_exits_2(capsys):
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
@@ -157,6 +243,9 @@ def test_parse_args_modes():
     assert quick.tokens == [1] and quick.time_budget is not None and quick.timing and quick.iters < 20
     full = e2e.parse_args([])
     assert full.tokens == [1, 8, 64, 4096, 16384] and full.ratios == [0, 4, 128] and full.variants == list(e2e.VARIANTS)
+    assert (full.prefill_compile_T, full.pdl_max_T) == (e2e.PREFILL_COMPILE_T, None)
+    # --T is measured in the order given (a priority order under a time budget), without repeats
+    assert e2e.parse_args(["--T", "1,4096,64,1,8"]).tokens == [1, 4096, 64, 8]
     with pytest.raises(SystemExit):
         e2e.parse_args(["--ratios", "2"])
 
@@ -321,6 +410,27 @@ def test_svg_plot_is_valid_and_has_a_line_per_variant(tmp_path):
     lines = doc.findall("{http://www.w3.org/2000/svg}polyline")
     assert len(lines) == 2 * 4  # two layers, four variants
     assert all(len(l.get("points").split()) == 2 for l in lines)
+
+
+def test_markdown_per_layer_rows_and_notes():
+    data = _data()
+    r = next(r for r in data["rows"] if r["T"] == 4096 and r["variant"] == "fusegraph" and r["pdl"] is True)
+    r.update(gpu_ops=41, fused_calls=8, fused_share=0.625, compile_s=7.5, compiled_at_T=128, rel_l2=1e-3)
+    data["rows"][0]["skipped"] = "out of memory"
+    data["notes"] = ["prefill T=4096: compiled at T=128"]
+    md = plot.markdown(data)
+    table = md[md.index("Per layer and variant"):]
+    line = next(l for l in table.splitlines() if l.startswith(f"| {r['layer']} | {r['ratio']} | 4096 | fusegraph | on |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5:12] == [_fmt(r["stream_us"]), "stream", "41", "8", "62", "7.5 (at T=128)", "1.0e-03"], cells
+    assert "skipped: out of memory" in table
+    assert sum(1 for l in table.splitlines() if l.startswith("| ") and not l.startswith("| layer")) == len(data["rows"])
+    assert "- prefill T=4096: compiled at T=128" in md
+    assert "Per layer" not in plot.markdown(data, detail=False)
+
+
+def _fmt(v):
+    return format(v, ".1f")
 
 
 def test_markdown_headline():

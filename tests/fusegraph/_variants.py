@@ -7,7 +7,9 @@ computes must. These blocks let a test pick both:
   norm (optionally a second sublayer, whose post -> pre pair composes into ``mhc_post_pre``);
 * ``AttnBlock``: the q path (per-head unweighted RMSNorm + RoPE on ``[448:]`` of two 512-wide heads)
   and the kv path (weighted RMSNorm + RoPE + FP8 quant-dequant of the nope part);
-* ``CompressorBlock``: the compressor's two fp32 projections and its pooling (ratio 4 or 128).
+* ``CompressorBlock``: the compressor's two fp32 projections and its pooling (ratio 4 or 128);
+* ``StoreBlock``: the kv path followed by the paged FP8 store (padding rows skipped in one of a few
+  ways) and a read-back of the stored rows.
 
 Each block takes a frozen spelling dataclass whose fields choose, per aspect, one of a few ways of
 writing the same math (``cast="to"`` writes ``x.to(torch.float32)`` where the model writes
@@ -28,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusegraph.models.kv_cache import (ROW_BYTES, SCALE_BYTES, bytes_per_page, gather_fp8_paged, quantize_fp8_rows,
+                                       store_fp8_paged)
 from fusegraph.models.rope import rope_frequencies
 
 EPS = 1e-6
@@ -575,6 +579,96 @@ class CompressorBlock(nn.Module):
         return torch.cat([nope, rp], -1)
 
 
+# -- KV store into the DSV4 paged FP8 cache --------------------------------------------------------
+PAGE = 16           # page size of the store blocks' cache
+SLOTS = 64          # cache capacity in slots
+
+
+@dataclass(frozen=True)
+class StoreSpelling:
+    """How padding rows (loc < 0) of the paged FP8 store are skipped without a data-dependent shape."""
+
+    arith: Arith = field(default_factory=Arith)
+    skip: str = "slot0_fill"        # slot0_fill | uint8_accumulate | int32_words
+
+
+class StoreBlock(nn.Module):
+    """The kv path followed by the paged FP8 store of its rows (``kv_norm_rope_quant_store``):
+    x bf16 [T, D], positions [T], loc [T] (< 0: padding) -> the stored rows read back, dequantized
+    (bf16 [T, 512], zero for padding rows). The cache is the buffer ``pages`` (random bytes)."""
+
+    def __init__(self, sp: StoreSpelling, dim: int = 64, tokens: int = 16, max_pos: int = 64, seed: int = 0):
+        super().__init__()
+        self.sp, self.dim, self.tokens = sp, dim, tokens
+        g = torch.Generator().manual_seed(seed)
+        self.wkv = nn.Parameter((torch.randn(HEAD, dim, generator=g) / dim ** 0.5).to(BF16))
+        self.kv_norm = nn.Parameter((1 + 0.2 * torch.randn(HEAD, generator=g)).to(BF16))
+        cos, sin = rope_tables(max_pos)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
+        pages = torch.randint(0, 256, (SLOTS // PAGE, bytes_per_page(PAGE)), generator=g, dtype=torch.uint8)
+        self.register_buffer("pages", pages, persistent=False)
+
+    def example_inputs(self, seed: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """Distinct slots (slot 0 among them), every fourth row padding."""
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(self.tokens, self.dim, generator=g).to(BF16)
+        positions = torch.arange(self.tokens) + int(torch.randint(0, 8, (1,), generator=g))
+        loc = torch.randperm(SLOTS - 1, generator=g)[: self.tokens] + 1
+        loc[::4] = -1 - torch.arange(0, self.tokens, 4)
+        loc[4 * int(torch.randint(0, self.tokens // 4, (1,), generator=g)) + 1] = 0
+        return x, positions, loc
+
+    def forward(self, x: Tensor, positions: Tensor, loc: Tensor) -> Tensor:
+        a = self.sp.arith
+        cos, sin = self.cos_table[positions], self.sin_table[positions]
+        kv = rms_norm(a, linear(a, x, self.wkv), self.kv_norm, EPS, cos)
+        kv_nope, kv_rope = split_rope("neg_slice", kv)
+        k_rope = rope("stack", a, f32(a, kv_rope, cos), cos, sin).to(torch.bfloat16)
+        k_nope = fp8_quant_dequant("model", kv_nope, QUANT_EPS)
+        paged_store(self.sp.skip, self.pages, loc, k_nope, k_rope, PAGE)
+        rows = gather_fp8_paged(self.pages, loc.clamp_min(0), PAGE)
+        return torch.where((loc >= 0).unsqueeze(1), rows, 0.0)
+
+
+def paged_store(skip: str, cache: Tensor, loc: Tensor, k_nope: Tensor, k_rope: Tensor, page_size: int) -> None:
+    """The DSV4 paged FP8 store (spec 4.3) of ``fusegraph.models.kv_cache``, padding rows skipped by
+
+    * ``slot0_fill``: the models' spelling: padding rows go to slot 0 and write the bytes slot 0
+      ends with (plain scatters, which Inductor compiles);
+    * ``uint8_accumulate``: every row adds ``(new - old) mod 256`` to its bytes, padding rows add 0
+      (``index_put_(accumulate=True)`` on the uint8 cache: Inductor's Triton backend cannot compile it,
+      uint8 has no atomic add; the models' spelling before the rewrite);
+    * ``int32_words``: the same delta trick on the cache viewed as int32 words (576 and 8 bytes are
+      whole words), the delta computed in int64 and wrapped to int32."""
+    if skip == "slot0_fill":
+        store_fp8_paged(cache, loc, k_nope, k_rope, page_size, QUANT_EPS)
+        return
+    nope_bytes, scale_bytes = quantize_fp8_rows(k_nope, QUANT_EPS)
+    row_bytes = torch.cat([nope_bytes, k_rope.contiguous().view(torch.uint8)], -1)
+    scale_bytes = torch.cat([scale_bytes, scale_bytes.new_zeros(scale_bytes.size(0), 1)], -1)
+    valid = (loc >= 0).unsqueeze(1)
+    slot = loc.clamp_min(0)
+    page = (slot // page_size).unsqueeze(1)
+    row = slot % page_size
+    if skip == "int32_words":
+        words, w = cache.view(torch.int32), 4
+        row_bytes, scale_bytes = row_bytes.view(torch.int32), scale_bytes.view(torch.int32)
+    else:
+        words, w = cache, 1
+    # arange on loc's device: a bare torch.arange(n) is evaluated while tracing and becomes a tensor attribute
+    row_cols = (row * (ROW_BYTES // w)).unsqueeze(1) + torch.arange(ROW_BYTES // w, device=loc.device)
+    scale_cols = ((page_size * ROW_BYTES // w + row * (SCALE_BYTES // w)).unsqueeze(1)
+                  + torch.arange(SCALE_BYTES // w, device=loc.device))
+    for cols, data in ((row_cols, row_bytes), (scale_cols, scale_bytes)):
+        old = words[page, cols]
+        if skip == "int32_words":
+            delta = torch.where(valid, data.long() - old.long(), 0).to(torch.int32)
+        else:
+            delta = torch.where(valid, data - old, 0).to(torch.uint8)
+        words.index_put_((page, cols), delta, accumulate=True)
+
+
 # -- what a test needs -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
@@ -589,6 +683,7 @@ MHC_SITES = {"mhc_pre_norm": 1, "mhc_post": 1, "hc_head_norm": 1}
 MHC_SITES_2 = {"mhc_pre_norm": 1, "mhc_post_pre": 1, "mhc_post": 1, "hc_head_norm": 1}
 ATTN_SITES = {"q_norm_rope": 1, "kv_norm_rope_quant": 1}
 POOL_SITES = {"compressor_pool": 1}
+STORE_SITES = {"kv_norm_rope_quant_store": 1}
 
 
 def mhc(name: str, expected: dict[str, int] | None = None, **kw) -> Variant:
@@ -607,6 +702,12 @@ def pool(name: str, expected: dict[str, int] | None = None, **kw) -> Variant:
     arith = Arith(**kw.pop("arith", {}))
     sp = CompressorSpelling(arith=arith, **kw)
     return Variant(name, lambda: CompressorBlock(sp), expected or POOL_SITES)
+
+
+def store(name: str, expected: dict[str, int] | None = None, **kw) -> Variant:
+    arith = Arith(**kw.pop("arith", {}))
+    sp = StoreSpelling(arith=arith, **kw)
+    return Variant(name, lambda: StoreBlock(sp), expected or STORE_SITES)
 
 
 def rel_l2(got: Tensor, want: Tensor) -> float:
@@ -665,4 +766,11 @@ def reference_forward(block: nn.Module, *inputs: Tensor):
         pos = torch.arange(x.size(0) // r) * r
         return mcomp.compressor_pool(kv, score, block.ape, block.norm, block.cos_table[pos], block.sin_table[pos],
                                      r, EPS, block.head_dim, ROPE)
+    if isinstance(block, StoreBlock):
+        x, positions, loc = inputs
+        cos, sin = block.cos_table[positions], block.sin_table[positions]
+        k_nope, k_rope = mattn.kv_norm_rope_quant(F.linear(x, block.wkv), block.kv_norm, cos, sin, EPS, QUANT_EPS, ROPE)
+        pages = block.pages.clone()
+        store_fp8_paged(pages, loc, k_nope, k_rope, PAGE, QUANT_EPS)
+        return torch.where((loc >= 0).unsqueeze(1), gather_fp8_paged(pages, loc.clamp_min(0), PAGE), 0.0)
     raise TypeError(type(block).__name__)

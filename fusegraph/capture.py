@@ -56,6 +56,10 @@ class _Tracer(torch.fx.Tracer):
     torch's own ``record_stack_traces`` extracts a whole traceback per node (seconds per thousand
     nodes); walking frames to the first one outside torch costs microseconds."""
 
+    # Buffers are traced values: otherwise ``self.cache[:, :4]`` runs eagerly while tracing and
+    # the graph keeps a snapshot of the buffer as a constant, blind to later writes (wrong results).
+    proxy_buffer_attributes = True
+
     def __init__(self):
         super().__init__()
         self._param_names: dict[int, str] = {}
@@ -127,6 +131,12 @@ def symbolic_trace(model: torch.nn.Module, example_inputs: tuple) -> Captured:
         graph = _Tracer().trace(model, concrete_args=_constant_args(model, len(example_inputs)) or None)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, ...)
         raise CaptureError(f"symbolic_trace failed: {type(exc).__name__}: {exc}") from exc
+    # Tensors the tracer baked in (``torch.arange(576)`` with a Python int) are graph constants, not
+    # model state; GraphModule registers both as buffers, so remember which is which here.
+    state = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    for node in graph.nodes:
+        if node.op == "get_attr" and str(node.target) not in state:
+            node.meta["fg_constant"] = True
     # Lazy: the passes rewrite the graph several times; Python code is generated once, at the end.
     gm = _LazyGraphModule(model, graph, class_name=type(model).__name__)
     # The trace specializes the constants; keep only the placeholders that take the given inputs.

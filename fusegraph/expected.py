@@ -9,6 +9,10 @@ For a DSV4 model with L decoder layers (compress ratio r_l each), one compilatio
   cache is the paged FP8 layout, else ``kv_norm_rope_quant`` + ``set_mla_kv_buffer``).
 - ``compressor_pool`` at least once per layer with r > 0 (the attention compressor; the indexer's own
   ratio-4 compressor is a further site when it matches, not counted here).
+- the attention core (sparse attention with sink + inverse RoPE) once per layer when the caches are
+  the paged FP8 layout (the fused op reads FP8 pages; bf16 caches are not its input):
+  ``sparse_attn_sink`` on layers with r > 0 (window + compressed cache), ``sparse_attn_sink_swa`` on
+  layers with r = 0 (window cache only).
 The model describes itself through ``model.config`` (``fusegraph.models.DSV4Config`` or anything with
 ``n_layers``/``num_hidden_layers`` and ``compress_ratios``); other models get no expectations.
 """
@@ -45,5 +49,7 @@ def expected_sites(model: torch.nn.Module) -> dict[str, int]:
         out["set_mla_kv_buffer"] = n_layers
     else:
         out["kv_norm_rope_quant_store"] = n_layers
+        out["sparse_attn_sink"] = sum(1 for r in ratios if r)
+        out["sparse_attn_sink_swa"] = sum(1 for r in ratios if not r)
     out["compressor_pool"] = sum(1 for r in ratios if r)
     return {k: v for k, v in out.items() if v}

@@ -49,6 +49,10 @@ class TensorSpec:
     param: bool = False                               # a model parameter or buffer (get_attr / input)
     empty_ok: bool = False                            # may bind an empty value (a list of 0 entries)
     source_first: bool = False                        # prefer the value the site's uses fork from (bind)
+    reach: int = 8                                    # how many ops behind a consumer it may lie (bind)
+    indexed_by: str | None = None                     # the index input it is read at (bind pairs them)
+    after: tuple[str, ...] = ()                       # bind once these inputs are bound (bind order)
+    behind: tuple[str, ...] = ()                      # look behind these inputs when no site op reads it
 
     def dtype_ok(self, dtype: torch.dtype) -> bool:
         if self.dtypes is None:

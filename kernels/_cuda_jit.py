@@ -1,14 +1,16 @@
 """JIT build of the CUDA providers' extensions: compiled at first use, cached on disk.
 
-A CUDA provider keeps its kernels in a ``.cu`` file of plain CUDA C++ (no torch headers: nvcc alone
-compiles it, which is what the compile-only CI check does) that exposes host launchers returning a
-``cudaError_t``, and a small C++ binding (a string in the provider) that takes tensors, checks them
-with ``TORCH_CHECK``, picks the current stream and calls a launcher. :func:`load` builds both with
+A CUDA provider keeps its kernels in ``.cu`` files of plain CUDA C++ (no torch headers: nvcc alone
+compiles them, which is what the compile-only CI check does; shared headers come from
+``include_dirs``) that expose host launchers returning a ``cudaError_t``, and a small C++ binding
+(a string) that takes tensors, checks them with ``TORCH_CHECK``, picks the current stream and
+calls a launcher. Several providers may share one extension (the KV writers do:
+``kernels/_kv_writers.py``), so they cost one build. :func:`load` builds both with
 ``torch.utils.cpp_extension.load_inline`` into::
 
     ~/.cache/fusegraph/cuda/<hash>-<arch>/       (FUSEGRAPH_CUDA_CACHE overrides the root)
 
-``<hash>`` covers everything that goes into the build (the .cu text, the binding, the nvcc flags,
+``<hash>`` covers everything that goes into the build (the .cu texts and headers, the binding, the nvcc flags,
 torch's and CUDA's versions), ``<arch>`` is the device's (``sm90a`` on Hopper), so a changed source
 or another GPU builds anew and an unchanged one loads the cached library in milliseconds. The
 build runs once per process and extension; a failed build is remembered and reported by
@@ -89,15 +91,24 @@ def arch_tag(major: int, minor: int) -> str:
 
 @dataclass(frozen=True)
 class ExtensionSpec:
-    """One extension: the ``.cu`` kernels + launchers and the C++ binding that exposes ``functions``."""
+    """One extension: the ``.cu`` kernels + launchers and the C++ binding that exposes ``functions``.
 
-    name: str                   # short, an identifier (the module name adds the hash)
-    cuda_file: Path             # plain CUDA C++, compiled by nvcc
-    binding: str                # C++ (torch) source defining ``functions``
-    functions: tuple[str, ...]  # names exported to Python
+    The ``.cu`` files are compiled as one translation unit (concatenated in order; each keeps its
+    own namespace); ``include_dirs`` are added to the include path (``-I``), and every header in
+    them (``*.cuh``, ``*.h``) is part of the build key, so a header change rebuilds too.
+    """
+
+    name: str                          # short, an identifier (the module name adds the hash)
+    cuda_files: tuple[Path, ...]       # plain CUDA C++, compiled by nvcc
+    binding: str                       # C++ (torch) source defining ``functions``
+    functions: tuple[str, ...]         # names exported to Python
+    include_dirs: tuple[Path, ...] = ()
 
     def cuda_source(self) -> str:
-        return self.cuda_file.read_text()
+        return "\n".join(f.read_text() for f in self.cuda_files)
+
+    def headers(self) -> list[Path]:
+        return sorted(h for d in self.include_dirs for pattern in ("*.cuh", "*.h") for h in d.glob(pattern))
 
 
 def cache_root() -> Path:
@@ -108,7 +119,8 @@ def cache_root() -> Path:
 def build_key(spec: ExtensionSpec, major: int, minor: int) -> str:
     """Hash of everything that goes into the build (sources, flags, torch and CUDA versions)."""
     h = hashlib.sha256()
-    for part in (spec.name, spec.cuda_source(), spec.binding, ",".join(spec.functions),
+    headers = [f"{h.name}\0{h.read_text()}" for h in spec.headers()]
+    for part in (spec.name, spec.cuda_source(), *headers, spec.binding, ",".join(spec.functions),
                  " ".join(NVCC_FLAGS + CXX_FLAGS), " ".join(gencode_flags(major, minor)),
                  torch.__version__, str(torch.version.cuda)):
         h.update(part.encode())
@@ -138,7 +150,7 @@ def _load(spec: ExtensionSpec, arch: tuple[int, int]):
         name=f"fusegraph_{spec.name}_{build_key(spec, major, minor)}_{arch_tag(major, minor)}",
         cpp_sources=[spec.binding], cuda_sources=[spec.cuda_source()], functions=list(spec.functions),
         extra_cflags=list(CXX_FLAGS), extra_cuda_cflags=list(NVCC_FLAGS) + gencode_flags(major, minor),
-        build_directory=str(directory), with_cuda=True, verbose=os.environ.get("FUSEGRAPH_CUDA_VERBOSE") == "1",
+        extra_include_paths=[str(d) for d in spec.include_dirs], build_directory=str(directory), with_cuda=True, verbose=os.environ.get("FUSEGRAPH_CUDA_VERBOSE") == "1",
         **extra)
 
 

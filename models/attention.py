@@ -11,7 +11,8 @@ Per layer with compress ratio r (0, 4 or 128), for tokens x (normed layer input,
   r = 128: every block `j < (p + 1) // 128`.
 * sparse attention with sink (F8): the window cache is gathered (+ dequantized) at
   `swa_idx.clamp_min(0)` (`swa_idx` = slots `p-127..p`, -1 below 0), the compressed cache at
-  `cmp_idx.clamp_min(0)`; rows and indices are concatenated along K (`[T, Kw + Kc, 512]`), one
+  `cmp_idx.clamp_min(0)`, both after every cache write of the step (engines write, then attend);
+  rows and indices are concatenated along K (`[T, Kw + Kc, 512]`), one
   softmax with the sink; then inverse RoPE on `[..., 448:]` and the grouped output projection
   (`wo_a` per group as an einsum, then `wo_b`). This is the region of the fused op
   `sparse_attn_sink(q, swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin, ...)`.
@@ -138,8 +139,7 @@ class Attention(nn.Module):
         self.window_cache.store(positions, k_nope, k_rope)
 
         swa_idx = window_indices(positions, self.window)
-        kv_rows = self.window_cache.read(swa_idx.clamp_min(0))  # [T, W, Dh]
-        indices = swa_idx
+        cmp_idx = None
         if self.ratio:
             blocks, block_ids = self.compressor(x, self.rope.cos, self.rope.sin, start_pos)
             c_nope = fp8_quant_dequant(blocks[..., :-rd], self.quant_eps)
@@ -148,6 +148,12 @@ class Attention(nn.Module):
                 cmp_idx = self.indexer(x, qr, positions, cos, sin, self.rope.cos, self.rope.sin, start_pos)
             else:
                 cmp_idx = causal_block_indices(positions, end_pos // self.ratio, self.ratio)
+
+        # Every cache write of this step is done: gather what the attention reads (as engines do,
+        # reads after all writes).
+        kv_rows = self.window_cache.read(swa_idx.clamp_min(0))  # [T, W, Dh]
+        indices = swa_idx
+        if cmp_idx is not None:
             cmp_rows = self.compressed_cache.read(cmp_idx.clamp_min(0))  # [T, Kc, Dh]
             kv_rows = torch.cat([kv_rows, cmp_rows], 1)
             indices = torch.cat([swa_idx, cmp_idx], 1)

@@ -6,6 +6,19 @@ something more, and search backwards from their other operands for a value that 
 input spec (shape symbols unified with those already bound, dtype allowed). Repeat until every input
 is bound or nothing fits. Nearest consumers are tried first, so a binding stays inside one site.
 A wrong binding is possible in principle; it cannot survive verification (``matcher``).
+
+Index lists need one more rule (``TensorSpec.source_first``). Code derives several index-shaped
+values from one list: the clamped copy it gathers with, its concatenation with another list that
+the mask reads, a shifted copy. The nearest of them is rarely the list itself, and binding a derived
+one leaves the site's other uses reading the list directly (a constant, or a value nothing binds), so
+the candidate cannot verify. For such specs, a candidate that another candidate of the same input is
+derived from *and* that the site also uses elsewhere (the value the uses fork from) goes first, and
+candidates derived from an already bound input go last. Values read at the entries of such a list
+(``TensorSpec.indexed_by``: a cache and its slots) go to the input whose list meets them soonest.
+
+Two ordering hints for inputs many ops read (RoPE tables): ``TensorSpec.after`` binds one only once
+the named inputs are bound (then the nearest reader is the site's own, not a neighbour's), and
+``TensorSpec.behind`` names inputs it may be found behind when nothing in the site reads it.
 """
 from __future__ import annotations
 
@@ -34,7 +47,9 @@ class Binding:
 
 def fit(spec: TensorSpec, node: torch.fx.Node, dims: Dims) -> Dims | None:
     val = tensor_val(node)
-    if val is None or not spec.dtype_ok(val.dtype) or val.numel() == 0:  # empty values verify nothing
+    if val is None or not spec.dtype_ok(val.dtype):
+        return None
+    if val.numel() == 0 and not spec.empty_ok:  # empty values verify nothing (unless the spec allows them)
         return None
     if spec.param and node.op not in ("get_attr", "placeholder"):
         return None
@@ -94,7 +109,12 @@ def _extend(facts: GraphFacts, b: Binding, budget: list[int], deepest: list[Bind
     if not unbound:
         yield b
         return
-    for name, node, dims in _candidates(facts, b, unbound):
+    specs = b.pattern.inputs
+    ready = [k for k in unbound if all(a in b.nodes for a in specs[k].after)] or unbound
+    candidates = _candidates(facts, b, ready)
+    if not candidates:  # nothing in the site reads them: maybe behind another input (their use is what is missing)
+        candidates = _behind(facts, b, [k for k in ready if specs[k].behind])
+    for name, node, dims in candidates:
         if budget[0] <= 0:
             return
         budget[0] -= 1
@@ -116,20 +136,108 @@ def _candidates(facts: GraphFacts, b: Binding, unbound: list[str]) -> list[tuple
 
     out: list[tuple[str, torch.fx.Node, Dims]] = []
     seen: set[tuple[str, torch.fx.Node]] = set()
+    depth = max(b.pattern.inputs[k].reach for k in unbound)
     for consumer in sorted(facts.frontier(closure), key=rank):
         for operand in consumer.all_input_nodes:
             if operand in closure or facts.is_static(operand):
                 continue
             for node in facts.backward_fits(operand, lambda n: any(
-                    fit(b.pattern.inputs[k], n, b.dims) is not None for k in unbound), stop=closure | bound):
+                    fit(b.pattern.inputs[k], n, b.dims) is not None for k in unbound), stop=closure | bound,
+                    max_depth=depth):
                 for name in unbound:
                     dims = fit(b.pattern.inputs[name], node, b.dims)
                     if dims is not None and (name, node) not in seen:
                         seen.add((name, node))
                         out.append((name, node, dims))
                 if len(out) >= CANDIDATES_PER_STEP:
-                    return out
-    return out
+                    return _ordered(b, out)
+    return _ordered(b, out)
+
+
+def _behind(facts: GraphFacts, b: Binding, unbound: list[str]) -> list[tuple[str, torch.fx.Node, Dims]]:
+    """Values for ``unbound`` found behind the bound inputs their specs name (``TensorSpec.behind``).
+
+    A site that lacks one use of an input (an attention without its inverse RoPE) leaves it with no
+    reader in the site; binding the value the model has anyway (the tables its q RoPE read) lets the
+    verification say what differs, instead of a bare "missing input"."""
+    out: list[tuple[str, torch.fx.Node, Dims]] = []
+    stop = set(b.nodes.values())
+    for name in unbound:
+        spec = b.pattern.inputs[name]
+        for other in spec.behind:
+            start = b.nodes.get(other)
+            for operand in (start.all_input_nodes if start is not None else ()):
+                for node in facts.backward_fits(operand, lambda n: fit(spec, n, b.dims) is not None, stop=stop,
+                                                max_depth=spec.reach):
+                    dims = fit(spec, node, b.dims)
+                    if dims is not None and all(node is not n for k, n, _ in out if k == name):
+                        out.append((name, node, dims))
+    return out[:CANDIDATES_PER_STEP]
+
+
+ANCESTOR_DEPTH = 12   # how far back "derived from" is looked for (index arithmetic is short)
+MEET_DEPTH = 16       # how far forward a value and the index list it is read at are followed
+
+
+def _ordered(b: Binding, out: list[tuple[str, torch.fx.Node, Dims]]) -> list[tuple[str, torch.fx.Node, Dims]]:
+    """Stable re-ordering of candidates by the hints of their specs (other inputs keep their order).
+
+    ``source_first``: fork points before what is derived from them, values derived from bound
+    inputs last. ``indexed_by``: a value read at the entries of a bound index list goes to the input
+    whose list meets it soonest (the gather that reads both), so two caches with their two lists
+    pair up the way the model pairs them."""
+    specs = b.pattern.inputs
+    if not any(specs[name].source_first or specs[name].indexed_by in b.nodes for name, _, _ in out):
+        return out
+    bound = set(b.nodes.values())
+    ancestors: dict[torch.fx.Node, set[torch.fx.Node]] = {}
+    meets: dict[tuple[torch.fx.Node, torch.fx.Node], int] = {}
+
+    def key(item: tuple[str, torch.fx.Node, Dims]) -> tuple[int, int, int]:
+        name, node, _ = item
+        spec = specs[name]
+        if spec.source_first:
+            anc = ancestors.setdefault(node, _ancestors(node))
+            from_bound = not bound.isdisjoint(anc)
+            dominated = any(other is not node and other_name == name and other in anc
+                            and any(u is not node and u not in anc for u in other.users)
+                            for other_name, other, _ in out)
+            return (int(from_bound), int(dominated), 0)
+        partner = b.nodes.get(spec.indexed_by) if spec.indexed_by else None
+        if partner is not None:
+            return (0, 0, meets.setdefault((node, partner), _meet_distance(node, partner)))
+        return (0, 0, 0)
+
+    return sorted(out, key=key)
+
+
+def _ancestors(node: torch.fx.Node) -> set[torch.fx.Node]:
+    seen: set[torch.fx.Node] = set()
+    frontier = [node]
+    for _ in range(ANCESTOR_DEPTH):
+        frontier = [a for n in frontier for a in n.all_input_nodes if a not in seen]
+        seen.update(frontier)
+        if not frontier:
+            break
+    return seen
+
+
+def _forward_depths(node: torch.fx.Node, depth: int) -> dict[torch.fx.Node, int]:
+    dist = {node: 0}
+    frontier = [node]
+    for d in range(1, depth + 1):
+        frontier = [u for n in frontier for u in n.users if u not in dist]
+        for u in frontier:
+            dist.setdefault(u, d)
+        if not frontier:
+            break
+    return dist
+
+
+def _meet_distance(value: torch.fx.Node, index: torch.fx.Node) -> int:
+    """Fewest ops from ``value`` plus from ``index`` to a node that reads both (large if none)."""
+    a, c = _forward_depths(value, MEET_DEPTH), _forward_depths(index, MEET_DEPTH)
+    return min((d + c[n] for n, d in a.items() if n in c), default=4 * MEET_DEPTH)
 
 
 def _downstream(seed: torch.fx.Node, closure: set[torch.fx.Node]) -> set[torch.fx.Node]:

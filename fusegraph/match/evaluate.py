@@ -99,4 +99,6 @@ def _call(facts: GraphFacts, node: torch.fx.Node, value) -> Any:
         return getattr(self_obj, node.target)(*rest, **kwargs)
     if node.op == "call_module":
         return facts.gm.get_submodule(str(node.target))(*args, **kwargs)
+    if node.op == "get_attr":
+        return facts.constant_tensor(node)
     raise ValueError(f"cannot evaluate {node.op} node {node.name}")

@@ -31,8 +31,13 @@ class GraphFacts:
         # below are set lookups: they run hundreds of thousands of times per compile.
         self._static: set[torch.fx.Node] = {n for n in self.nodes if self._compute_static(n)}
         self._constant: set[torch.fx.Node] = set()
+        # Tensors the tracer baked into the graph (``torch.arange(576)`` with a Python int; capture
+        # marks them, Dynamo names them ``_tensor_constant<i>``) are constants too.
         for n in self.nodes:
-            if n.op in ("call_function", "call_method") and n not in self._static and all(
+            if n.op == "get_attr" and n not in self._static and (
+                    n.meta.get("fg_constant") or str(n.target).startswith("_tensor_constant")):
+                self._constant.add(n)
+            elif n.op in ("call_function", "call_method") and n not in self._static and all(
                     a in self._static or a in self._constant for a in n.all_input_nodes):
                 self._constant.add(n)
         # Constants computed from a bound value (positions = arange(T) bound as ``loc``) must be
@@ -67,8 +72,17 @@ class GraphFacts:
         return obj
 
     def is_constant(self, node: torch.fx.Node) -> bool:
-        """A tensor computed from static values only."""
+        """A tensor computed from static values only (or baked into the graph by the tracer)."""
         return node in self._constant
+
+    def constant_tensor(self, node: torch.fx.Node) -> torch.Tensor:
+        """The value of a traced-in tensor constant, on the CPU where evaluation runs."""
+        value = self._attr(node)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{node.target} is not a tensor attribute")
+        if value.device.type == "meta":
+            raise ValueError(f"tensor constant {node.target} has no data (meta device)")
+        return value.detach().cpu()
 
     def free(self, node: torch.fx.Node) -> bool:
         """Available to any computation without binding: statics and constants."""

@@ -22,6 +22,7 @@ arguments, shapes), so the 61 layers of a large model cost one evaluation per di
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,12 +137,12 @@ class Matcher:
         reason = pattern.constraints(binding.dims)
         if reason:
             # Report it only if the subgraph otherwise is this pattern (the reference runs on any size).
-            key = (pattern.name, _signature(closure, binding))
+            key = (pattern.name, _signature(closure, binding, self.facts))
             cached = self.cache.get(key) or self._evaluate(pattern, binding, closure)
             self.cache[key] = cached
             fraction = 1.0 if cached.kind == "match" else (cached.miss or {}).get("fraction", 0.0)
             return self._miss(pattern, seed, "constraints", "shape constraint", reason, fraction=fraction)
-        key = (pattern.name, _signature(closure, binding))
+        key = (pattern.name, _signature(closure, binding, self.facts))
         cached = self.cache.get(key)
         if cached is None:
             cached = self._evaluate(pattern, binding, closure)
@@ -154,7 +155,9 @@ class Matcher:
         to the reference's in all of them (one draw could make a Sinkhorn iterate look final)."""
         # Candidate subgraphs are many small ops: intra-op threads cost more than they give
         # (measured: tiny compile 58 s -> 10 s on a busy 2-core machine).
-        largest = max((n.meta["val"].numel() for n in binding.nodes.values()), default=0)
+        # Size by the largest value the candidate computes (a gather makes [T, K, 512] from small inputs).
+        vals = [n.meta.get("val") for n in list(binding.nodes.values()) + closure]
+        largest = max((v.numel() for v in vals if isinstance(v, torch.Tensor)), default=0)
         threads = torch.get_num_threads()
         if largest < SMALL_EVAL:
             torch.set_num_threads(1)
@@ -184,8 +187,17 @@ class Matcher:
             return _Cached("miss", miss=dict(stage="evaluate", kind="semantics", reason=failed))
         # Other regimes only for values that could still be outputs (most candidates stop here).
         _, env_first, ref_first, _, _ = runs[0]
-        hopeful = [n for n in closure if any(_same_dtype(env_first[n], r) and violation(env_first[n], r) <= 1.0
-                                             for r in ref_first)]
+        # Violations under the first regime are asked for again below: compute each pair once
+        # (a full comparison of a [T, K, 512] gather costs tens of milliseconds).
+        seen: dict[tuple[torch.fx.Node, int], float] = {}
+
+        def first(n: torch.fx.Node, i: int) -> float:
+            if (n, i) not in seen:
+                seen[(n, i)] = violation(env_first[n], ref_first[i])
+            return seen[(n, i)]
+
+        hopeful = [n for n in closure if any(_same_dtype(env_first[n], r) and first(n, i) <= 1.0
+                                             for i, r in enumerate(ref_first))]
         if len(pattern.regimes) > 1 and (hopeful or pattern.mutates):
             keep = backward_slice(self.facts, hopeful + [n for n in closure if mutated_input(n) is not None],
                                   set(closure), bound)
@@ -198,7 +210,7 @@ class Matcher:
         worst = 0.0
         for i, ref in enumerate(ref0):
             agree = [n for n in closure if n not in self.claimed and _same_dtype(env0[n], ref)
-                     and violation(env0[n], ref) <= 1.0]
+                     and first(n, i) <= 1.0]
             found = None
             # The same value often exists under several views ([T, 7, 64] tiles, then [T, 448]):
             # prefer one with the op's own shape, so consumers read the fused result directly.
@@ -207,7 +219,7 @@ class Matcher:
                 scores = [violation(env.get(n), r_out[i]) for _, env, r_out, _, _ in runs[1:]]
                 if all(v <= 1.0 for v in scores):
                     found = n
-                    worst = max([worst, violation(env0[n], ref)] + scores)
+                    worst = max([worst, first(n, i)] + scores)
                     break
             if found is None and agree:
                 bad = next(k for k, (_, env, r_out, _, _) in enumerate(runs[1:], 1)
@@ -221,7 +233,7 @@ class Matcher:
             if found is None:
                 miss = self._explain_missing_output(pattern, binding, closure, env0, vals0, i, ref)
                 # Other outputs found: this is the site, whatever share of intermediates aligned.
-                found_outputs = sum(1 for r in ref0 if any(_same_dtype(env0[n], r) and violation(env0[n], r) <= 1.0
+                found_outputs = sum(1 for j, r in enumerate(ref0) if any(_same_dtype(env0[n], r) and first(n, j) <= 1.0
                                                            for n in closure))
                 if miss.miss is not None and found_outputs:
                     miss.miss["fraction"] = max(miss.miss.get("fraction", 0.0), found_outputs / len(ref0))
@@ -347,8 +359,9 @@ def _spec_str(pattern: Pattern, name: str) -> str:
     return f"{name}: {dt}[{', '.join(map(str, spec.shape))}]"
 
 
-def _signature(closure: list[torch.fx.Node], binding: Binding) -> str:
-    """Structure of the closure, independent of node names: equal for repeated layers."""
+def _signature(closure: list[torch.fx.Node], binding: Binding, facts: GraphFacts) -> str:
+    """Structure of the closure, independent of node names: equal for repeated layers. Traced-in
+    tensor constants enter with their contents: two layers that bake different tables differ."""
     index = {n: i for i, n in enumerate(closure)}
     role = {n: name for name, n in binding.nodes.items()}
 
@@ -358,6 +371,8 @@ def _signature(closure: list[torch.fx.Node], binding: Binding) -> str:
                 return f"in:{role[a]}"
             if a in index:
                 return f"n{index[a]}"
+            if a.op == "get_attr" and facts.is_constant(a):
+                return f"const:{_fingerprint(facts, a)}"
             val = a.meta.get("val")
             if isinstance(val, torch.Tensor):
                 return f"t:{op_label(a)}:{tuple(val.shape)}:{val.dtype}"
@@ -376,3 +391,12 @@ def _signature(closure: list[torch.fx.Node], binding: Binding) -> str:
         shape = (tuple(val.shape), str(val.dtype)) if isinstance(val, torch.Tensor) else type(val).__name__
         parts.append(f"{n.op}|{getattr(n.target, '__name__', n.target)}|{ref(n.args)}|{ref(n.kwargs)}|{shape}")
     return "\n".join(parts)
+
+
+def _fingerprint(facts: GraphFacts, node: torch.fx.Node) -> str:
+    try:
+        t = facts.constant_tensor(node)
+    except ValueError as exc:  # no data: evaluation will fail and say so
+        return f"unreadable:{exc}"
+    data = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return f"{tuple(t.shape)}:{t.dtype}:{hashlib.sha1(data).hexdigest()}"

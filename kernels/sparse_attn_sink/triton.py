@@ -6,7 +6,7 @@ output and, when the plan splits, the fp32 partials, and launches one or two ker
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -28,8 +28,18 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor, sink: Tensor,
-              cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int, cmp_page_size: int) -> str | None:
+def no_compressed(swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor],
+                  cmp_idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """(cmp_cache, cmp_idx) with ``None`` (a ratio-0 layer) as an empty list over a placeholder cache."""
+    if cmp_idx is None or cmp_cache is None:
+        return swa_cache, swa_idx[..., :0]
+    return cmp_cache, cmp_idx
+
+
+def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor], cmp_idx: Optional[Tensor],
+              sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int,
+              cmp_page_size: int) -> str | None:
+    cmp_cache, cmp_idx = no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
     if q.dtype != torch.bfloat16 or q.dim() != 3 or q.shape[-1] != HEAD_DIM or q.stride(-1) != 1:
         return f"q must be bf16 [T, H, {HEAD_DIM}] with contiguous channels, got {q.dtype} {tuple(q.shape)}"
     T, H, _ = q.shape
@@ -57,7 +67,23 @@ def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, 
     tensors = (swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin)
     if any(x.device != q.device for x in tensors):
         return "all tensors must be on q's device"
+    if q.device.type == "cpu" and tc.interpreting():
+        steps = _interpreted_steps(T, H, swa_idx.shape[1], cmp_idx.shape[1])
+        if steps > INTERPRET_MAX_STEPS:
+            return (f"{steps} kv tile steps are too many for the Triton interpreter (> {INTERPRET_MAX_STEPS}, "
+                    f"~0.1 s each): the reference serves this call")
     return None
+
+
+# The interpreter runs one kv tile step of one (token, head block) in ~0.1 s on a CPU core: a whole
+# model's prefill (tiny at T=256: ~2300 steps a layer) would take minutes. Kernel tests call the
+# provider directly at small sizes; through dispatch, larger calls go to the reference.
+INTERPRET_MAX_STEPS = 32
+
+
+def _interpreted_steps(T: int, H: int, k_swa: int, k_cmp: int) -> int:
+    plan = make_plan(T, H, k_swa, k_cmp, num_sms=1, gpu=False)
+    return max(T, 1) * -(-H // plan.block_h) * (-(-k_swa // plan.block_n) + -(-k_cmp // plan.block_n))
 
 
 def _cache_args(cache: Tensor, page_size: int, used: bool, q: Tensor) -> tuple:
@@ -72,9 +98,10 @@ def _cache_args(cache: Tensor, page_size: int, used: bool, q: Tensor) -> tuple:
 
 @sparse_attn_sink.provider("triton", targets=tc.provider_targets(), priority=20,
                            available=tc.triton_missing, supports_args=_supports)
-def sparse_attn_sink_triton(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor,
-                            sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int,
-                            cmp_page_size: int) -> Tensor:
+def sparse_attn_sink_triton(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor],
+                            cmp_idx: Optional[Tensor], sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float,
+                            swa_page_size: int, cmp_page_size: int) -> Tensor:
+    cmp_cache, cmp_idx = no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
     T, H, _ = q.shape
     device = q.device
     out = _new_output((T, H, HEAD_DIM), torch.bfloat16, device)

@@ -5,4 +5,4 @@ from .reference import store_fp8_paged  # noqa: F401  (declares the op)
 
 if _tc.HAS_TRITON:
     from . import triton  # noqa: F401  (registers the Triton provider)
-from . import cuda  # noqa: F401,E402  (CUDA bulk-copy provider; reports itself unavailable without nvcc/GPU)
+from . import cuda  # noqa: F401,E402  (CUDA writer, vector or bulk copy; reports itself unavailable without nvcc/GPU)

@@ -1,36 +1,38 @@
 // store_fp8_paged: quantize k_nope (bf16 [448]) to FP8 e4m3 in tiles of 64 with ue8m0 scales and store
 // it with k_rope (bf16 [64]) into DSV4's paged cache (spec 4.3): the 576-byte row at
 // page * page_stride + row * 576, the 7 scale bytes + 1 zero pad at page * page_stride + P * 576 + row * 8.
-// Slots loc < 0 are padding: nothing is read for them beyond loc, nothing is written.
+// Slots loc < 0 are padding: nothing of the cache is touched for them.
 //
-// One warp per token. Lane l loads two 16-byte vectors (8 bf16 each):
+// Work split (shared with set_mla_kv_buffer.cu, see kv_writer.cuh): a persistent grid of warps walks
+// tasks of kRows consecutive tokens. For each token of its task, lane l loads two 16-byte vectors
+// (8 bf16 each):
 //   a = nope vector l        (channels 8l .. 8l+7: tiles 0..3, eight lanes per tile)
 //   b = nope vector 32 + l   for l < 24 (tiles 4..6), rope vector l - 24 for l >= 24
-// so a tile's amax is a max over an aligned group of 8 lanes (three xor shuffles). Quantization is
-// in registers: scale exponent e = ceil(log2(max(amax, quant_eps) / 448)) computed exactly from the
-// bits of an IEEE division (the rule of kernels/_fp8.py), x * 2^-e clamped to +-448 and converted to
-// e4m3 with round-to-nearest-even (cvt.rn.satfinite; bit-identical to torch's float8_e4m3fn cast).
+// and lane r < kRows loads the task's slot loc[row0 + r]: all 2 * kRows vectors and the slots are
+// in flight before the first token is quantized, so token r's quantization overlaps the loads of
+// the tokens after it. A tile's amax is a max over an aligned group of 8 lanes (three xor
+// shuffles). Quantization in registers: scale exponent e = ceil(log2(max(amax, quant_eps) / 448))
+// read exactly off amax's bits (the rule of kernels/_fp8.py, no division: see ue8m0_exponent),
+// x * 2^-e converted to e4m3 with round-to-nearest-even and saturation (cvt.rn.satfinite, which is
+// the reference's clamp to +-448; bit-identical to torch's float8_e4m3fn cast for finite inputs).
 //
 // The 576-byte row is written either straight from the lanes (kBulk = false: 8-byte FP8 stores and
-// 16-byte rope stores), or (kBulk = true, sm90+) staged in the warp's shared-memory slot and written
-// by lane 0 with one cp.async.bulk.global.shared::cta (576 = 36 * 16 bytes; fence.proxy.async before
-// it, wait_group.read before the slot is reused, wait_group 0 before exit). The 8 scale bytes are not
-// 16-byte aligned: lane 0 writes them with one plain 8-byte store.
-// PDL as in set_mla_kv_buffer.cu: cudaGridDependencySynchronize / cudaTriggerProgrammaticLaunchCompletion,
-// launched with cudaLaunchKernelEx.
-//
-// Plain CUDA C++ (no torch headers): nvcc compiles this file alone.
+// 16-byte rope stores, each a coalesced 256- or 128-byte warp access), or (kBulk = true, sm90+)
+// staged in the warp's shared-memory slot and written by lane r with one cp.async.bulk per token
+// (576 = 36 * 16 bytes; fence.proxy.async before it, wait_group.read before the slot is reused,
+// wait_group 0 before exit). The 8 scale bytes are not 16-byte aligned: lane 0 writes them with one
+// plain 8-byte store.
 #include <cuda_fp8.h>
-#include <cuda_runtime.h>
-#include <stdint.h>
+
+#include "kv_writer.cuh"
 
 namespace fg_store_fp8 {
+
+using namespace fg_kv;
 
 constexpr int kNope = 448;
 constexpr int kRowBytes = 576;    // 448 e4m3 + 64 bf16
 constexpr int kScaleBytes = 8;    // 7 ue8m0 + 1 pad
-constexpr float kFp8Max = 448.0f;
-constexpr unsigned kFull = 0xffffffffu;
 
 struct Params {
   unsigned char* cache;       // uint8 [pages, page_stride]
@@ -42,49 +44,9 @@ struct Params {
   int64_t rope_stride;        // bytes between k_rope rows
   int64_t page_stride;        // bytes between pages
   int64_t page_size;          // tokens per page (P)
+  int page_shift;             // log2(P) when P is a power of two, else -1
   float quant_eps;
 };
-
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cudaGridDependencySynchronize();
-#endif
-}
-
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cudaTriggerProgrammaticLaunchCompletion();
-#endif
-}
-
-__device__ __forceinline__ void fence_proxy_async() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const uint32_t src_shared = static_cast<uint32_t>(__cvta_generic_to_shared(src));
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
-               :: "l"(dst), "r"(src_shared), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-#else
-  __trap();
-#endif
-}
-
-__device__ __forceinline__ void bulk_wait_read() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void bulk_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-#endif
-}
 
 // 8 bf16 (one 16-byte vector, little-endian pairs) as fp32
 __device__ __forceinline__ void unpack_bf16x8(const uint4& v, float (&x)[8]) {
@@ -96,24 +58,30 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4& v, float (&x)[8]) {
   }
 }
 
-// exact ceil(log2(amax / 448)) for a positive normal fp32 amax
+// ceil(log2(fl(amax / 448))) for a positive normal fp32 amax, the reference's rule, without the
+// division: with amax = m * 2^E (m in [1, 2)), amax / 448 = (m / 1.75) * 2^(E - 8), a power of two
+// exactly when m = 1.75 and in (2^(E-8), 2^(E-7)) when m > 1.75, so the exponent is E - 8, plus one
+// when m's fraction bits exceed 0x600000 (0.75). The rounded quotient never lands on the other side
+// of a power of two (m on the fp32 grid keeps it at least 0.57 ulp away), so this equals the rule on
+// fl(amax / 448); the CPU test checks it against kernels/_fp8.ue8m0_exponent on 4M values.
 __device__ __forceinline__ int ue8m0_exponent(float amax) {
-  const uint32_t bits = __float_as_uint(__fdiv_rn(amax, kFp8Max));
-  const int exponent = static_cast<int>((bits >> 23) & 0xff) - 127;
-  return exponent + ((bits & 0x7fffffu) != 0 ? 1 : 0);
+  const uint32_t bits = __float_as_uint(amax);
+  return static_cast<int>(bits >> 23) - 127 - 8 + ((bits & 0x7fffffu) > 0x600000u ? 1 : 0);
 }
 
 // 2^e as fp32, e in [-126, 127]
 __device__ __forceinline__ float pow2(int e) { return __uint_as_float(static_cast<uint32_t>(e + 127) << 23); }
 
-// 8 values scaled by 2^-e, clamped, rounded to e4m3 (RNE): 8 bytes, channel order
+// 8 values scaled by 2^-e, rounded to e4m3 (RNE): 8 bytes, channel order. The reference's clamp to
+// +-448 is the conversion's saturation (satfinite: beyond 448 -> 448; and with 2^e >= amax / 448 no
+// finite value gets there).
 __device__ __forceinline__ uint2 quantize8(const float (&x)[8], int e) {
   const float inv_scale = pow2(-e);  // exact: multiplying by it equals dividing by the scale
   uint32_t packed[2] = {0u, 0u};
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const float lo = fminf(fmaxf(x[2 * k] * inv_scale, -kFp8Max), kFp8Max);
-    const float hi = fminf(fmaxf(x[2 * k + 1] * inv_scale, -kFp8Max), kFp8Max);
+    const float lo = x[2 * k] * inv_scale;
+    const float hi = x[2 * k + 1] * inv_scale;
     const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
     packed[k / 2] |= static_cast<uint32_t>(pair) << (16 * (k % 2));  // .x = lo byte, .y = hi byte
   }
@@ -121,106 +89,141 @@ __device__ __forceinline__ uint2 quantize8(const float (&x)[8], int e) {
 }
 
 __device__ __forceinline__ float group8_max(float v) {  // max over the aligned group of 8 lanes
-  v = fmaxf(v, __shfl_xor_sync(kFull, v, 1));
-  v = fmaxf(v, __shfl_xor_sync(kFull, v, 2));
-  v = fmaxf(v, __shfl_xor_sync(kFull, v, 4));
+  v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 1));
+  v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 2));
+  v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 4));
   return v;
 }
 
-template <bool kBulk, typename Loc>
-__global__ void store_fp8_kernel(const Params p) {
+// One token's quantized nope bytes (this lane's two 8-byte pieces) and its 8 scale bytes.
+struct QuantizedToken {
+  uint2 q_a;     // fp8 bytes 8l .. 8l+7
+  uint2 q_b;     // fp8 bytes 256 + 8l .. (lanes < 24)
+  uint2 scales;  // 7 ue8m0 bytes + a zero pad byte (the same in every lane)
+};
+
+__device__ __forceinline__ QuantizedToken quantize_token(const uint4& a, const uint4& b, bool b_is_nope,
+                                                         float quant_eps) {
+  float xa[8], xb[8];
+  unpack_bf16x8(a, xa);
+  unpack_bf16x8(b, xb);
+  float amax_a = 0.0f, amax_b = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    amax_a = fmaxf(amax_a, fabsf(xa[k]));
+    amax_b = fmaxf(amax_b, fabsf(xb[k]));
+  }
+  amax_a = group8_max(amax_a);                     // tiles 0..3
+  amax_b = group8_max(b_is_nope ? amax_b : 0.0f);  // tiles 4..6 (lanes 24..31: rope, unused)
+  const int e_a = ue8m0_exponent(fmaxf(amax_a, quant_eps));
+  const int e_b = ue8m0_exponent(fmaxf(amax_b, quant_eps));
+  QuantizedToken t;
+  t.q_a = quantize8(xa, e_a);
+  t.q_b = quantize8(xb, e_b);
+  // scale bytes: tile t's exponent lives in lane 8t (t < 4: e_a; t >= 4: e_b of lane 8(t-4))
+  uint32_t lo = 0u, hi = 0u;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) lo |= static_cast<uint32_t>(__shfl_sync(kFullMask, e_a, 8 * k) + 127) << (8 * k);
+#pragma unroll
+  for (int k = 0; k < 3; ++k) hi |= static_cast<uint32_t>(__shfl_sync(kFullMask, e_b, 8 * k) + 127) << (8 * k);
+  t.scales = make_uint2(lo, hi);  // byte 7 (the pad) stays zero
+  return t;
+}
+
+// page and row in the page of slot s (s >= 0): a shift for power-of-two pages (uniform branch), else a
+// 32-bit division whenever the slot fits
+__device__ __forceinline__ void split_slot(int64_t s, int64_t page_size, int page_shift, int64_t* page,
+                                           int64_t* row) {
+  if (page_shift >= 0) {
+    *page = s >> page_shift;
+    *row = s & (page_size - 1);
+  } else if (s <= 0x7fffffff) {
+    const uint32_t q = static_cast<uint32_t>(s) / static_cast<uint32_t>(page_size);
+    *page = q;
+    *row = s - static_cast<int64_t>(q) * page_size;
+  } else {
+    *page = s / page_size;
+    *row = s - *page * page_size;
+  }
+}
+
+template <int kRows, bool kBulk, typename Loc>
+__global__ void __launch_bounds__(32 * kMaxWarpsPerCta, 3) store_fp8_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int warps = blockDim.x >> 5;
   const bool b_is_nope = lane < 24;
-  unsigned char* slot = smem + warp * kRowBytes;
+  unsigned char* slot = smem + warp * kRows * kRowBytes;  // this warp's staging rows (kBulk)
 
   pdl_wait();
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps + warp; row < p.rows;
-       row += static_cast<int64_t>(gridDim.x) * warps) {
-    const int64_t loc = static_cast<int64_t>(__ldg(static_cast<const Loc*>(p.loc) + row));
-    if (loc < 0) continue;  // padding row (uniform over the warp)
-    const unsigned char* nope = p.nope + row * p.nope_stride;
-    const unsigned char* rope = p.rope + row * p.rope_stride;
-    const uint4 a = __ldg(reinterpret_cast<const uint4*>(nope) + lane);
-    const uint4 b = b_is_nope ? __ldg(reinterpret_cast<const uint4*>(nope) + 32 + lane)
-                              : __ldg(reinterpret_cast<const uint4*>(rope) + (lane - 24));
-
-    float xa[8], xb[8];
-    unpack_bf16x8(a, xa);
-    unpack_bf16x8(b, xb);
-    float amax_a = 0.0f, amax_b = 0.0f;
+  pdl_launch_dependents();
+  const int64_t tasks = (p.rows + kRows - 1) / kRows;
+  for (int64_t task = static_cast<int64_t>(blockIdx.x) * warps + warp; task < tasks;
+       task += static_cast<int64_t>(gridDim.x) * warps) {
+    const int64_t row0 = task * kRows;
+    const int64_t my_slot = lane < kRows && row0 + lane < p.rows ? load_slot<Loc>(p.loc, row0 + lane) : -1;
+    uint4 a[kRows], b[kRows];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      amax_a = fmaxf(amax_a, fabsf(xa[k]));
-      amax_b = fmaxf(amax_b, fabsf(xb[k]));
+    for (int r = 0; r < kRows; ++r) {
+      if (row0 + r < p.rows) {  // uniform over the warp
+        const unsigned char* nope = p.nope + (row0 + r) * p.nope_stride;
+        const unsigned char* rope = p.rope + (row0 + r) * p.rope_stride;
+        a[r] = load_stream<16>(nope + 16 * lane);
+        b[r] = b_is_nope ? load_stream<16>(nope + 16 * (32 + lane)) : load_stream<16>(rope + 16 * (lane - 24));
+      }
     }
-    amax_a = group8_max(amax_a);                       // tiles 0..3
-    amax_b = group8_max(b_is_nope ? amax_b : 0.0f);    // tiles 4..6 (lanes 24..31: rope, unused)
-    const int e_a = ue8m0_exponent(fmaxf(amax_a, p.quant_eps));
-    const int e_b = ue8m0_exponent(fmaxf(amax_b, p.quant_eps));
-    const uint2 q_a = quantize8(xa, e_a);
-    const uint2 q_b = quantize8(xb, e_b);
-
-    // scale bytes: tile t's exponent lives in lane 8t (t < 4: e_a; t >= 4: e_b of lane 8(t-4))
-    uint32_t scale_lo = 0u, scale_hi = 0u;
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      scale_lo |= static_cast<uint32_t>(__shfl_sync(kFull, e_a, 8 * t) + 127) << (8 * t);
-    }
-#pragma unroll
-    for (int t = 0; t < 3; ++t) {  // byte 7 (the pad) stays zero
-      scale_hi |= static_cast<uint32_t>(__shfl_sync(kFull, e_b, 8 * t) + 127) << (8 * t);
-    }
-
-    const int64_t page = loc / p.page_size;
-    const int64_t in_page = loc - page * p.page_size;
-    unsigned char* page_base = p.cache + page * p.page_stride;
-    unsigned char* row_dst = page_base + in_page * kRowBytes;
-    if (kBulk) {
-      if (lane == 0) bulk_wait_read();  // the previous row's copy has read the slot
+    if (kBulk) {  // my previous copies have read the slot before anyone rewrites it
+      if (lane < kRows) bulk_wait_read();
       __syncwarp();
     }
-    unsigned char* out = kBulk ? slot : row_dst;
-    reinterpret_cast<uint2*>(out)[lane] = q_a;                          // fp8 bytes 8l .. 8l+7
-    if (b_is_nope) {
-      reinterpret_cast<uint2*>(out)[32 + lane] = q_b;                   // fp8 bytes 256 + 8l ..
-    } else {
-      reinterpret_cast<uint4*>(out + kNope)[lane - 24] = b;             // rope bf16, bytes as loaded
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t s = __shfl_sync(kFullMask, my_slot, r);
+      if (s < 0) continue;  // padding or past the end (uniform over the warp)
+      const QuantizedToken t = quantize_token(a[r], b[r], b_is_nope, p.quant_eps);
+      int64_t page, in_page;
+      split_slot(s, p.page_size, p.page_shift, &page, &in_page);
+      unsigned char* page_base = p.cache + page * p.page_stride;
+      unsigned char* out = kBulk ? slot + r * kRowBytes : page_base + in_page * kRowBytes;
+      reinterpret_cast<uint2*>(out)[lane] = t.q_a;
+      if (b_is_nope) {
+        reinterpret_cast<uint2*>(out)[32 + lane] = t.q_b;
+      } else {
+        reinterpret_cast<uint4*>(out + kNope)[lane - 24] = b[r];  // rope bf16, bytes as loaded
+      }
+      if (lane == 0) {
+        *reinterpret_cast<uint2*>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes) = t.scales;
+      }
     }
     if (kBulk) {
-      fence_proxy_async();
+      fence_proxy_async();  // every writer: its shared-memory stores become visible to the async proxy
       __syncwarp();
-      if (lane == 0) bulk_store(row_dst, slot, kRowBytes);
-    }
-    if (lane == 0) {
-      *reinterpret_cast<uint2*>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes) =
-          make_uint2(scale_lo, scale_hi);
+      if (lane < kRows && my_slot >= 0) {
+        int64_t page, in_page;
+        split_slot(my_slot, p.page_size, p.page_shift, &page, &in_page);
+        bulk_store(p.cache + page * p.page_stride + in_page * kRowBytes, slot + lane * kRowBytes, kRowBytes);
+      }
     }
   }
-  if (kBulk && lane == 0) bulk_wait_all();
-  pdl_launch_dependents();
+  if (kBulk && lane < kRows) bulk_wait_all();
 }
 
-template <bool kBulk, typename Loc>
-cudaError_t launch_typed(const Params& p, int warps, bool pdl, cudaStream_t stream) {
-  const int64_t ctas = (p.rows + warps - 1) / warps;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(ctas < (1LL << 30) ? ctas : (1LL << 30)));
-  config.blockDim = dim3(32 * warps);
-  config.dynamicSmemBytes = kBulk ? static_cast<size_t>(warps) * kRowBytes : 0;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, store_fp8_kernel<kBulk, Loc>, p);
+template <int kRows, bool kBulk>
+cudaError_t launch_rows(const Params& p, bool loc_is_64, int warps, bool pdl, cudaStream_t stream) {
+  const int64_t tasks = (p.rows + kRows - 1) / kRows;
+  const size_t smem = kBulk ? static_cast<size_t>(warps) * kRows * kRowBytes : 0;
+  return loc_is_64 ? launch_persistent(store_fp8_kernel<kRows, kBulk, int64_t>, p, tasks, warps, smem, pdl, stream)
+                   : launch_persistent(store_fp8_kernel<kRows, kBulk, int32_t>, p, tasks, warps, smem, pdl, stream);
 }
 
-bool aligned(const void* ptr, int64_t alignment) {
-  return reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(alignment) == 0;
+template <bool kBulk>
+cudaError_t launch_copy(const Params& p, bool loc_is_64, int rows_per_task, int warps, bool pdl, cudaStream_t stream) {
+  switch (rows_per_task) {
+    case 4: return launch_rows<4, kBulk>(p, loc_is_64, warps, pdl, stream);
+    case 2: return launch_rows<2, kBulk>(p, loc_is_64, warps, pdl, stream);
+    default: return launch_rows<1, kBulk>(p, loc_is_64, warps, pdl, stream);
+  }
 }
 
 }  // namespace fg_store_fp8
@@ -229,11 +232,12 @@ bool aligned(const void* ptr, int64_t alignment) {
 // kernel does not take; the Python provider checks the same rules first and falls back to Triton.
 cudaError_t fg_store_fp8_paged(void* cache, const void* loc, bool loc_is_64, const void* nope, const void* rope,
                                int64_t rows, int64_t nope_stride, int64_t rope_stride, int64_t page_stride,
-                               int64_t page_size, float quant_eps, bool bulk, int warps, bool pdl,
+                               int64_t page_size, float quant_eps, int rows_per_task, bool bulk, int warps, bool pdl,
                                cudaStream_t stream) {
   using namespace fg_store_fp8;
   if (rows <= 0) return cudaSuccess;
-  if (warps < 1 || warps > 32 || page_size <= 0 || !(quant_eps >= 1e-30f)) return cudaErrorInvalidValue;
+  if (page_size <= 0 || page_size > 0x7fffffff || !(quant_eps >= 1e-30f)) return cudaErrorInvalidValue;
+  if (rows_per_task != 1 && rows_per_task != 2 && rows_per_task != 4) return cudaErrorInvalidValue;
   if (nope_stride % 16 || rope_stride % 16 || page_stride % 16 || !aligned(nope, 16) || !aligned(rope, 16) ||
       !aligned(cache, 16) || page_stride < page_size * (kRowBytes + kScaleBytes))
     return cudaErrorInvalidValue;
@@ -247,11 +251,11 @@ cudaError_t fg_store_fp8_paged(void* cache, const void* loc, bool loc_is_64, con
   p.rope_stride = rope_stride;
   p.page_stride = page_stride;
   p.page_size = page_size;
-  p.quant_eps = quant_eps;
-  if (bulk) {
-    return loc_is_64 ? launch_typed<true, int64_t>(p, warps, pdl, stream)
-                     : launch_typed<true, int32_t>(p, warps, pdl, stream);
+  p.page_shift = -1;
+  for (int shift = 0; shift < 31; ++shift) {
+    if ((int64_t{1} << shift) == page_size) p.page_shift = shift;
   }
-  return loc_is_64 ? launch_typed<false, int64_t>(p, warps, pdl, stream)
-                   : launch_typed<false, int32_t>(p, warps, pdl, stream);
+  p.quant_eps = quant_eps;
+  return bulk ? launch_copy<true>(p, loc_is_64, rows_per_task, warps, pdl, stream)
+              : launch_copy<false>(p, loc_is_64, rows_per_task, warps, pdl, stream);
 }

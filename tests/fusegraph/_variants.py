@@ -589,7 +589,7 @@ class StoreSpelling:
     """How padding rows (loc < 0) of the paged FP8 store are skipped without a data-dependent shape."""
 
     arith: Arith = field(default_factory=Arith)
-    skip: str = "slot0_fill"        # slot0_fill | uint8_accumulate | int32_words
+    skip: str = "slot0_fill"        # slot0_fill | uint8_accumulate | uint8_accumulate_bare | int32_words
 
 
 class StoreBlock(nn.Module):
@@ -656,10 +656,12 @@ def paged_store(skip: str, cache: Tensor, loc: Tensor, k_nope: Tensor, k_rope: T
         row_bytes, scale_bytes = row_bytes.view(torch.int32), scale_bytes.view(torch.int32)
     else:
         words, w = cache, 1
-    # arange on loc's device: a bare torch.arange(n) is evaluated while tracing and becomes a tensor attribute
-    row_cols = (row * (ROW_BYTES // w)).unsqueeze(1) + torch.arange(ROW_BYTES // w, device=loc.device)
-    scale_cols = ((page_size * ROW_BYTES // w + row * (SCALE_BYTES // w)).unsqueeze(1)
-                  + torch.arange(SCALE_BYTES // w, device=loc.device))
+    # ``_bare``: a bare torch.arange(n) runs while tracing and becomes a tensor constant of the graph
+    def iota(n: int) -> Tensor:
+        return torch.arange(n) if skip.endswith("_bare") else torch.arange(n, device=loc.device)
+
+    row_cols = (row * (ROW_BYTES // w)).unsqueeze(1) + iota(ROW_BYTES // w)
+    scale_cols = (page_size * ROW_BYTES // w + row * (SCALE_BYTES // w)).unsqueeze(1) + iota(SCALE_BYTES // w)
     for cols, data in ((row_cols, row_bytes), (scale_cols, scale_bytes)):
         old = words[page, cols]
         if skip == "int32_words":

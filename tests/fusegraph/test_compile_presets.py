@@ -26,7 +26,8 @@ def test_tiny_matches_the_expected_dsv4_set(tiny_compiled):
     report = compiled.report
     want = expected_sites(model)
     assert want == {"mhc_pre_norm": 1, "mhc_post_pre": 5, "mhc_post": 1, "hc_head_norm": 1, "q_norm_rope": 3,
-                    "kv_norm_rope_quant_store": 3, "compressor_pool": 2}
+                    "kv_norm_rope_quant_store": 3, "compressor_pool": 2, "sparse_attn_sink": 2,
+                    "sparse_attn_sink_swa": 1}
     got = report.counts()
     for pattern, n in want.items():
         assert got.get(pattern, 0) >= n, (pattern, got)

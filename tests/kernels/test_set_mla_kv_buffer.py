@@ -33,6 +33,14 @@ def make_case(S, T, nope, rope, dtype, loc_dtype, invalid=(), seed=0):
     return [t.to(DEVICE) for t in (buf, loc, k_nope, k_rope)]
 
 
+def expected_provider(op, device, args):
+    """Triton, unless the CUDA writer takes these arguments here (its measured table says so for
+    this row count and it is usable on this device) and ranks above Triton."""
+    cuda, triton = op.providers["cuda"], op.providers["triton"]
+    takes = cuda.why_not(targets.of_device(device), args, {}) is None
+    return "cuda" if takes and cuda.priority > triton.priority else "triton"
+
+
 def assert_same_bytes(a, b):
     assert torch.equal(a.cpu().contiguous().view(torch.uint8), b.cpu().contiguous().view(torch.uint8))
 
@@ -99,7 +107,7 @@ def test_empty_and_dispatch():
     buf, loc, k_nope, k_rope = make_case(S=8, T=3, nope=512, rope=64, dtype=torch.bfloat16, loc_dtype=torch.int32,
                                          seed=5)
     args = (buf, loc, k_nope, k_rope)
-    assert OP.select(targets.of_device(buf.device), args).provider == "triton"
+    assert OP.select(targets.of_device(buf.device), args).provider == expected_provider(OP, buf.device, args)
     expected = buf.cpu().clone()
     OP.reference(expected, loc.cpu(), k_nope.cpu(), k_rope.cpu())
     torch.ops.fusegraph.set_mla_kv_buffer(*args)

@@ -124,7 +124,10 @@ def test_store_empty_and_dispatch():
     nope, rope = make_rows(2, seed=9)
     loc = torch.tensor([3, 0], dtype=torch.int32, device=DEVICE)
     args = (cache, loc, nope, rope, 2, QUANT_EPS)
-    assert STORE.select(targets.of_device(cache.device), args).provider == "triton"
+    cuda = STORE.providers["cuda"]  # Triton, unless the CUDA writer's measured table takes 2 rows here
+    takes = cuda.why_not(targets.of_device(cache.device), args, {}) is None
+    expected = "cuda" if takes and cuda.priority > STORE.providers["triton"].priority else "triton"
+    assert STORE.select(targets.of_device(cache.device), args).provider == expected
     torch.ops.fusegraph.store_fp8_paged(*args)
     expected = torch.full_like(cache.cpu(), 7)
     STORE.reference(expected, loc.cpu(), nope.cpu(), rope.cpu(), 2, QUANT_EPS)

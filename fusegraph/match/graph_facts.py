@@ -43,6 +43,11 @@ class GraphFacts:
         # Constants computed from a bound value (positions = arange(T) bound as ``loc``) must be
         # recomputed from the bound value: ``bound_to`` marks them for the current binding.
         self.unfree: frozenset[torch.fx.Node] = frozenset()
+        # For ``closure`` (hundreds of calls over thousands of nodes per pattern): inputs as tuples,
+        # joinable nodes and free candidates as sets.
+        self._inputs = {n: tuple(n.all_input_nodes) for n in self.nodes}
+        self._joinable = {n for n in self.nodes if self._compute_joinable(n)}
+        self._static_or_constant = self._static | self._constant
 
     def bound_to(self, bound: Iterable[torch.fx.Node]) -> None:
         out: set[torch.fx.Node] = set()
@@ -90,6 +95,9 @@ class GraphFacts:
 
     def joinable(self, node: torch.fx.Node) -> bool:
         """Can ``node`` be part of a closure? Module calls hide their parameters: never."""
+        return node in self._joinable
+
+    def _compute_joinable(self, node: torch.fx.Node) -> bool:
         if node.op == "call_module":
             mod = self.gm.get_submodule(str(node.target))
             return not any(True for _ in mod.parameters()) and not any(True for _ in mod.buffers())
@@ -99,11 +107,13 @@ class GraphFacts:
         """Every node computable from ``bound`` (with statics and constants), found from their users."""
         inside = set(bound)
         queue = deque(u for b in inside for u in b.users)
+        joinable, static, inputs = self._joinable, self._static, self._inputs
+        maybe_free, unfree = self._static_or_constant, self.unfree
         while queue:
             node = queue.popleft()
-            if node in inside or not self.joinable(node) or self.is_static(node):
+            if node in inside or node not in joinable or node in static:
                 continue
-            if all(a in inside or self.free(a) for a in node.all_input_nodes):
+            if all(a in inside or (a in maybe_free and a not in unfree) for a in inputs[node]):
                 inside.add(node)
                 queue.extend(node.users)
         return inside

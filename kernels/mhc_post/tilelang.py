@@ -15,16 +15,7 @@ from fusegraph.kernels.mhc_pre import tilelang as tl_pre
 
 def kernel_reason(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Optional[str]:
     """What the kernel cannot take (shapes, dtypes, devices); no crossover policy."""
-    reason = gates.check_residual(residual)
-    if reason:
-        return reason
-    T, _, D = residual.shape
-    return gates.first_reason(
-        gates.check_rows(f, "f", (T, D), residual.dtype),
-        gates.check_post_comb(post, comb, T),
-        gates.check_same_device(f, residual, post, comb),
-        tl_pre.shape_reason(residual),
-    )
+    return gates.check_post_args(f, residual, post, comb) or tl_pre.shape_reason(residual)
 
 
 def measured(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Optional[str]:

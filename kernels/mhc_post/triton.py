@@ -15,16 +15,7 @@ from fusegraph.kernels.mhc_pre import gates
 
 
 def supports(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Optional[str]:
-    reason = gates.check_residual(residual)
-    if reason:
-        return reason
-    T, _, D = residual.shape
-    return gates.first_reason(
-        gates.check_rows(f, "f", (T, D), residual.dtype),
-        gates.check_post_comb(post, comb, T),
-        gates.check_same_device(f, residual, post, comb),
-        tc.interpreter_too_large(residual, f),
-    )
+    return gates.check_post_args(f, residual, post, comb) or tc.interpreter_too_large(residual, f)
 
 
 @mhc_post.provider("triton", targets=tc.provider_targets(), priority=20, available=tc.triton_missing,

@@ -71,3 +71,16 @@ def check_same_device(*tensors: Optional[Tensor]) -> Optional[str]:
     if len(devices) > 1:
         return f"tensors on several devices: {sorted(str(d) for d in devices)}"
     return None
+
+
+def check_post_args(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Optional[str]:
+    """Every mhc_post kernel's argument gates (shapes, dtypes, one device)."""
+    reason = check_residual(residual)
+    if reason:
+        return reason
+    T, _, D = residual.shape
+    return first_reason(
+        check_rows(f, "f", (T, D), residual.dtype),
+        check_post_comb(post, comb, T),
+        check_same_device(f, residual, post, comb),
+    )

@@ -1,8 +1,20 @@
-"""Triton provider of sparse_attn_sink: split-K attention with the FP8 gather fused in, + combine.
+"""Triton provider of sparse_attn_sink: split-K attention with the FP8 gather fused in.
 
-See ``triton_kernels`` for the kernels and ``plan`` for how the grid is sized. The provider checks
+Two paths (``plan``): small T (decode) runs ``triton_decode.sparse_attn_decode_kernel``, one
+launch whose last split per (token, head block) finishes the group; larger T runs
+``triton_kernels``' attention kernel (+ its combine kernel when it splits). The provider checks
 the arguments (``supports_args`` gives the reason for anything it cannot take), allocates the
-output and, when the plan splits, the fp32 partials, and launches one or two kernels.
+output and, when the plan splits, the fp32 partials, and launches.
+
+Split counters of the one-launch path (``split_counters``): int32, one per (token, head block),
+zero between launches because the finishing split resets its own. One buffer per device, zeroed
+once when created (on the first eager call, e.g. a warm-up) and never freed, so a call costs no
+memset and captured CUDA graphs keep a valid address whatever stream they are captured on or
+replayed on. A call captured before any eager call on the device gets a fresh zeroed buffer from
+torch inside the graph instead (its memset is a graph node that runs before the kernel on every
+replay; never cached, since eager calls would see it unzeroed). Launches sharing the buffer must
+not overlap in time: calls on one stream are ordered, but running this op concurrently on two
+streams of one device (eagerly or by replaying graphs) is not supported on this path.
 """
 from __future__ import annotations
 
@@ -20,7 +32,33 @@ from .plan import AttnPlan, make_plan
 from .reference import sparse_attn_sink
 
 if tc.HAS_TRITON:
+    from .triton_decode import sparse_attn_decode_kernel
     from .triton_kernels import LOG2E, combine_kernel, sparse_attn_kernel
+
+_PARTIAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MIN_COUNTERS = 1 << 12   # 16 KB: the one-launch path's groups (T * head blocks) are a fraction of the SMs
+_COUNTERS: dict[str, Tensor] = {}
+_RETIRED: list[Tensor] = []   # outgrown buffers stay alive: captured graphs may still use them
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def split_counters(device: torch.device, n: int) -> Tensor:
+    """Zeroed int32 counters (at least ``n``) for the one-launch path on ``device`` (see the module
+    docstring for the CUDA-graph rules)."""
+    key = str(device)
+    buf = _COUNTERS.get(key)
+    if buf is not None and buf.numel() >= n:
+        return buf
+    if _capturing(device):   # zeroed by a memset node of the graph; not valid outside it
+        return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+    if buf is not None:
+        _RETIRED.append(buf)
+    buf = torch.zeros(max(n, MIN_COUNTERS), dtype=torch.int32, device=device)
+    _COUNTERS[key] = buf
+    return buf
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -119,6 +157,9 @@ def launch(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_ca
            out: Tensor) -> Any:
     """Run ``plan``; returns the attention kernel's compiled handle (benchmarks read its registers
     and spills)."""
+    if plan.one_launch:
+        return _launch_one(plan, q, swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin, softmax_scale,
+                           swa_page_size, cmp_page_size, out)
     T, H, _ = q.shape
     device = q.device
     k_swa, k_cmp = swa_idx.shape[1], cmp_idx.shape[1]
@@ -151,3 +192,37 @@ def launch(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_ca
             out, out.stride(0), out.stride(1), H, plan.splits,
             SPLITS_POW2=tc.next_pow2(plan.splits), INTERPRET=interpret, USE_PDL=use_pdl, num_warps=4, **extra)
     return compiled
+
+
+def _launch_one(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor,
+                sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int, cmp_page_size: int,
+                out: Tensor) -> Any:
+    """The one-launch path: ``sparse_attn_decode_kernel`` over ``T * splits * head_blocks`` programs."""
+    T, H, _ = q.shape
+    device = q.device
+    k_swa, k_cmp = swa_idx.shape[1], cmp_idx.shape[1]
+    swa = _cache_args(swa_cache, swa_page_size, k_swa > 0, q)
+    cmp = _cache_args(cmp_cache, cmp_page_size, k_cmp > 0, q)
+    heads = plan.heads_per_program
+    groups = T * tc.cdiv(H, heads)
+    if plan.split:
+        rows = groups * plan.splits * heads     # [group, split, heads]: only the block's heads
+        part_acc = torch.empty((rows, HEAD_DIM), dtype=_PARTIAL_DTYPES[plan.partial_dtype], device=device)
+        part_ml = torch.empty((rows, 2), dtype=torch.float32, device=device)
+        counters = split_counters(device, groups)
+    else:
+        part_acc = part_ml = counters = out  # never touched
+    return sparse_attn_decode_kernel[(groups * plan.splits,)](
+        q, q.stride(0), q.stride(1),
+        *swa, swa_idx, swa_idx.stride(0), k_swa,
+        *cmp, cmp_idx, cmp_idx.stride(0), k_cmp,
+        sink, cos, cos.stride(0), sin, sin.stride(0),
+        out, out.stride(0), out.stride(1),
+        part_acc, part_ml, counters,
+        H, plan.splits, plan.tiles_per_split, softmax_scale * LOG2E,
+        HEADS=heads, BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, SPLIT=plan.split,
+        MERGE_PAIRS=plan.block_h * HEAD_DIM <= 64 * 32 * plan.num_warps,   # <= 64 fp32 per thread a partial
+        PARTIAL_BF16=plan.partial_dtype == "bf16",
+        POW2_PAGES=swa[4] >= 0 and cmp[4] >= 0, NATIVE_FP8=fp8_native(device), INTERPRET=tc.interpreting(),
+        USE_PDL=tc.pdl_enabled(device), num_warps=plan.num_warps, num_stages=plan.num_stages,
+        **tc.launch_kwargs(device))

@@ -138,17 +138,31 @@ def _inverse_rope(o_r, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _finish_rows(acc, w, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
-    """bf16 ``[R, 512]`` output rows: ``acc * w`` rounded to bf16, then the rope channels (pairs
-    224..255) rotated by -θ in fp32 and rounded again. The other pairs get cos 1, sin 0: unchanged."""
-    R: tl.constexpr = acc.shape[0]
-    o = rne_bf16(acc * w, INTERPRET).to(tl.float32)
-    x0, x1 = tl.split(tl.reshape(o, [R, 256, 2]))
+def _rope_tables(cos_row_ptr, sin_row_ptr):
+    """``[1, 256]`` cos / sin per channel pair of one token: pairs 224..255 (the rope channels)
+    get the token's values, the others 1 / 0 (left unchanged by the rotation)."""
     pair = tl.arange(0, 256)
     rope = pair >= 224
     c = tl.load(cos_row_ptr + pair - 224, mask=rope, other=1.0)[None, :]
     s = tl.load(sin_row_ptr + pair - 224, mask=rope, other=0.0)[None, :]
+    return c, s
+
+
+@triton.jit
+def _finish_rows_with(acc, w, c, s, INTERPRET: tl.constexpr):
+    """bf16 ``[R, 512]`` output rows: ``acc * w`` rounded to bf16, then every channel pair rotated
+    by its ``(c, s)`` from ``_rope_tables`` (-θ on the rope pairs) in fp32 and rounded again."""
+    R: tl.constexpr = acc.shape[0]
+    o = rne_bf16(acc * w, INTERPRET).to(tl.float32)
+    x0, x1 = tl.split(tl.reshape(o, [R, 256, 2]))
     return rne_bf16(tl.reshape(tl.join(x0 * c + x1 * s, x1 * c - x0 * s), [R, 512]), INTERPRET)
+
+
+@triton.jit
+def _finish_rows(acc, w, cos_row_ptr, sin_row_ptr, INTERPRET: tl.constexpr):
+    """``_finish_rows_with`` on the rope tables of the token at ``cos_row_ptr`` / ``sin_row_ptr``."""
+    c, s = _rope_tables(cos_row_ptr, sin_row_ptr)
+    return _finish_rows_with(acc, w, c, s, INTERPRET)
 
 
 @triton.jit

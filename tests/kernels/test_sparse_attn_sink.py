@@ -6,7 +6,9 @@ way (softmax over the scores with the sink logit appended as one more column, th
 rotation of the output's rope channels). Index sets are random with invalid (-1) entries,
 duplicates, tokens with no valid index and lengths that are not a multiple of the kv tile. CPU
 cases run the kernels through the Triton interpreter with 16-head / 16-row tiles; both the
-split-K (+ combine) and the single-pass paths are forced.
+split-K (+ combine) and the single-pass paths are forced, and so is the one-launch decode path
+(``path="one_launch"``: splits finish through a per-group ticket), whose cases also check that
+the split counters are zero after the call and that a second call gives the same bits.
 """
 from __future__ import annotations
 
@@ -140,11 +142,19 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(attn_triton, "_new_output", filled)
 
 
-def run_triton(c: Case, monkeypatch, splits: int | None = None, native: bool = False) -> torch.Tensor:
+def run_triton(c: Case, monkeypatch, splits: int | None = None, native: bool = False,
+               **fields) -> torch.Tensor:
+    """The Triton provider with plan fields forced (``splits``, ``path``, ``block_h`` ...)."""
     monkeypatch.setattr(triton_fp8, "FORCE_NATIVE_FP8", native)
-    overrides = {} if splits is None else {"splits": splits}
+    overrides = dict(fields) if splits is None else {"splits": splits, **fields}
     monkeypatch.setattr(attn_plan, "OVERRIDES", overrides)
     return attn_triton.sparse_attn_sink_triton(*c.args())
+
+
+def counters_clean(device: str) -> bool:
+    """Every cached split-counter buffer on ``device`` is back to zero."""
+    bufs = [buf for dev, buf in attn_triton._COUNTERS.items() if dev.startswith(device)]
+    return all(torch.count_nonzero(buf) == 0 for buf in bufs)
 
 
 # -- reference -------------------------------------------------------------------------------------
@@ -228,6 +238,73 @@ def test_triton_no_tokens_and_dispatch(monkeypatch):
     check(sparse_attn_sink(*c.args()), c)     # through torch.ops.fusegraph.sparse_attn_sink
 
 
+ONE_LAUNCH = {"path": "one_launch"}
+
+
+@needs_interpreter
+@pytest.mark.parametrize("T,H,Kw,Kc,splits,fields,native,idx_dtype", [
+    # 12 heads padded to 16, 3 splits of 2 tiles (odd split count: the pair merge's masked half),
+    # lists not multiples of the tile, an empty token, duplicates
+    (3, 12, 19, 37, 3, {}, False, torch.int32),
+    # T = 1 sized by the plan (4 interpreter SMs: 2 head blocks x 2 splits), native fp8, int64
+    (1, 20, 7, 33, None, {}, True, torch.int64),
+    # 8 heads a program (3 groups: 8, 8, 4) over 16-row dots
+    (2, 20, 9, 17, 2, {"group_h": 8}, False, torch.int32),
+    # one split: no partials, no ticket
+    (3, 12, 19, 37, 1, {}, False, torch.int32),
+    # no window entries, bf16 partials, one partial in flight per merge step (2 warps)
+    (2, 5, 0, 40, 3, {"partial_dtype": "bf16", "num_warps": 2}, False, torch.int32),
+])
+def test_one_launch_matches_oracle(monkeypatch, poisoned, T, H, Kw, Kc, splits, fields, native, idx_dtype):
+    c = make_case(T, H, Kw, Kc, seed=T * 1000 + H * 10 + Kc + 7, idx_dtype=idx_dtype)
+    out = run_triton(c, monkeypatch, splits, native, **ONE_LAUNCH, **fields)
+    check(out, c)
+    assert rel_l2(out, sparse_attn_sink.reference(*c.args()).double()) < 5e-3
+    assert counters_clean("cpu")
+    again = run_triton(c, monkeypatch, splits, native, **ONE_LAUNCH, **fields)
+    assert torch.equal(out, again)       # counters were clean: the same splits finish the same way
+
+
+@needs_interpreter
+def test_one_launch_all_invalid_gives_zeros(monkeypatch, poisoned):
+    c = make_case(2, 3, 9, 17, seed=17)
+    c.swa_idx[:] = -1
+    c.cmp_idx[:] = -1
+    out = run_triton(c, monkeypatch, 2, **ONE_LAUNCH)
+    assert torch.count_nonzero(out) == 0 and not out.isnan().any()
+    assert counters_clean("cpu")
+
+
+@needs_interpreter
+def test_one_launch_no_compressed_list_and_no_tokens(monkeypatch, poisoned):
+    """``None`` compressed list (a ratio-0 layer) and T = 0 (no launch at all)."""
+    c = make_case(2, 4, 21, 0, seed=18)
+    args = list(c.args())
+    args[3] = args[4] = None
+    monkeypatch.setattr(triton_fp8, "FORCE_NATIVE_FP8", False)
+    monkeypatch.setattr(attn_plan, "OVERRIDES", {**ONE_LAUNCH, "splits": 2})
+    out = attn_triton.sparse_attn_sink_triton(*args)
+    check(out, c)                        # the oracle reads the empty compressed list
+    assert counters_clean("cpu")
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("T = 0 must not launch")
+    monkeypatch.setattr(attn_triton, "sparse_attn_decode_kernel", NoLaunch())
+    c0 = make_case(0, 4, 8, 8, seed=19)
+    assert attn_triton.sparse_attn_sink_triton(*c0.args()).shape == (0, 4, 512)
+
+
+def test_split_counters_cached_and_grown(monkeypatch):
+    monkeypatch.setattr(attn_triton, "_COUNTERS", {})
+    first = attn_triton.split_counters(torch.device("cpu"), 3)
+    assert first.dtype == torch.int32 and first.numel() >= attn_triton.MIN_COUNTERS and not first.any()
+    assert attn_triton.split_counters(torch.device("cpu"), 5) is first          # no per-call allocation
+    grown = attn_triton.split_counters(torch.device("cpu"), first.numel() + 1)
+    assert grown is not first and grown.numel() > first.numel() and not grown.any()
+    assert any(buf is first for buf in attn_triton._RETIRED)                      # graphs may still use it
+
+
 def test_supports_args_reasons():
     c = make_case(2, 4, 5, 6, seed=10)
     check_args = attn_triton._supports
@@ -255,6 +332,35 @@ def test_plan_splits_only_small_grids():
     assert attn_plan.make_plan(1, 64, 0, 0, num_sms=132, gpu=True).splits == 1
 
 
+def test_plan_one_launch_for_small_batches():
+    # measured crossover (plan.ONE_LAUNCH_MAX_FILL): flash-sized T = 1 takes the one-launch path,
+    # pro T = 1 and every larger batch the two-kernel path
+    flash = attn_plan.make_plan(1, 64, 128, 512, num_sms=132, gpu=True)
+    assert flash.path == "one_launch" and flash.block_h == 16 and flash.heads_per_program == 8 and flash.split
+    tiles = -(-128 // flash.block_n) + -(-512 // flash.block_n)
+    assert flash.splits * flash.tiles_per_split >= tiles > (flash.splits - 1) * flash.tiles_per_split
+    assert flash.splits * -(-64 // flash.heads_per_program) <= 132                    # one wave
+    assert flash.tiles_per_split == 1 and flash.num_stages == 1                       # ~one tile a program
+    for T, H, Kc in ((1, 128, 1024), (8, 64, 512), (512, 64, 512)):
+        assert attn_plan.make_plan(T, H, 128, Kc, num_sms=132, gpu=True).path == "two_kernel"
+    forced = attn_plan.make_plan(1, 128, 128, 1024, 132, True, {"path": "one_launch"})
+    assert forced.num_stages == (1 if forced.tiles_per_split == 1 else 2)
+    # the crossover is a plan field
+    assert attn_plan.make_plan(1, 64, 128, 512, 132, True, {"one_launch_max_fill": 0}).path == "two_kernel"
+    assert attn_plan.make_plan(16, 64, 128, 512, 132, True, {"one_launch_max_fill": 2}).path == "one_launch"
+    # CPU: the interpreter keeps the two-kernel default (tests force the one-launch path)
+    assert attn_plan.make_plan(1, 64, 128, 512, num_sms=4, gpu=False).path == "two_kernel"
+    sweep = attn_plan.make_plan(1, 64, 128, 512, 132, True, {"path": "one_launch", "block_h": 32, "block_n": 32})
+    assert (sweep.block_h, sweep.block_n, sweep.num_warps) == (32, 32, 8)
+    assert attn_plan.make_plan(1, 64, 128, 512, 132, True, {"path": "two_kernel"}).block_h == 64
+    grouped = attn_plan.make_plan(1, 64, 128, 512, 132, True, {"path": "one_launch", "group_h": 8})
+    assert grouped.heads_per_program == 8 and grouped.splits * 8 <= 132
+    with pytest.raises(ValueError):
+        attn_plan.make_plan(1, 64, 128, 512, 132, True, {"path": "fast"})
+    with pytest.raises(ValueError):
+        attn_plan.make_plan(1, 64, 128, 512, 132, True, {"path": "one_launch", "group_h": 32})
+
+
 # -- GPU at DSV4 sizes -----------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -279,11 +385,11 @@ def test_gpu_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, native):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("splits", [None, 1, 3])
 def test_gpu_lists_not_multiple_of_tile(monkeypatch, poisoned, splits):
-    """GPU tiles over lists whose lengths are not multiples of the kv tile (masked tails on both
+    """Two-kernel path: GPU tiles over lists whose lengths are not multiples of the kv tile (masked tails on both
     sides of the window/compressed boundary), invalid entries, duplicates and an empty token."""
     c = make_case(4, 64, 100, 300, seed=40 + (splits or 0), swa_rows=1024, cmp_rows=2048, swa_page_size=64,
                   cmp_page_size=48 if splits == 3 else 64).to("cuda")      # 48: the division path
-    check(run_triton(c, monkeypatch, splits, native=True), c)
+    check(run_triton(c, monkeypatch, splits, native=True, path="two_kernel"), c)
 
 
 @pytest.mark.gpu
@@ -292,4 +398,96 @@ def test_gpu_lists_not_multiple_of_tile(monkeypatch, poisoned, splits):
 def test_gpu_forced_splits_agree(monkeypatch, poisoned, splits):
     c = make_case(3, 64, 128, 512, seed=splits, swa_rows=1024, cmp_rows=2048, swa_page_size=64,
                   cmp_page_size=64).to("cuda")
-    check(run_triton(c, monkeypatch, splits, native=False), c)
+    check(run_triton(c, monkeypatch, splits, native=False, path="two_kernel"), c)
+
+
+ONE_LAUNCH_GPU_VARIANTS = {
+    "h16n64": {},
+    "h16n32": {"block_h": 16, "block_n": 32},
+    "h32n32": {"block_h": 32, "block_n": 32},
+    "h64n64": {"block_h": 64, "block_n": 64},
+    "g8": {"group_h": 8},
+    "bf16part": {"partial_dtype": "bf16"},
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", list(ONE_LAUNCH_GPU_VARIANTS))
+@pytest.mark.parametrize("T", [1, 8])
+@pytest.mark.parametrize("H,Kc", [(64, 512), (128, 1024)], ids=["flash", "pro"])
+def test_gpu_one_launch_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, variant):
+    c = make_case(T, H, 128, Kc, seed=T + H + 3, swa_rows=4096, cmp_rows=8192, swa_page_size=64,
+                  cmp_page_size=64).to("cuda")
+    out = run_triton(c, monkeypatch, None, True, **ONE_LAUNCH, **ONE_LAUNCH_GPU_VARIANTS[variant])
+    check(out, c)
+    assert rel_l2(out, sparse_attn_sink.reference(*c.args()).double()) < 5e-3
+    torch.cuda.synchronize()
+    assert counters_clean("cuda")
+    again = run_triton(c, monkeypatch, None, True, **ONE_LAUNCH, **ONE_LAUNCH_GPU_VARIANTS[variant])
+    assert torch.equal(out, again)       # merged in split order whichever split finishes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("splits", [None, 3, 1])
+def test_gpu_one_launch_lists_not_multiple_of_tile(monkeypatch, poisoned, splits):
+    """Masked tails on both sides of the window/compressed boundary, invalid entries, duplicates,
+    an empty token and (splits 3) pages of 48 tokens (the division path), one launch."""
+    c = make_case(4, 64, 100, 300, seed=50 + (splits or 0), swa_rows=1024, cmp_rows=2048, swa_page_size=64,
+                  cmp_page_size=48 if splits == 3 else 64).to("cuda")
+    check(run_triton(c, monkeypatch, splits, native=True, **ONE_LAUNCH), c)
+    torch.cuda.synchronize()
+    assert counters_clean("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_one_launch_all_invalid_and_no_compressed(monkeypatch, poisoned):
+    c = make_case(3, 64, 128, 512, seed=60, swa_rows=1024, cmp_rows=2048, swa_page_size=64,
+                  cmp_page_size=64).to("cuda")
+    c.swa_idx[1] = -1
+    c.cmp_idx[:] = -1                      # token 1: nothing; others: window only
+    out = run_triton(c, monkeypatch, None, True, **ONE_LAUNCH)
+    check(out, c)
+    assert torch.count_nonzero(out[1]) == 0
+    args = list(c.args())
+    args[3] = args[4] = None
+    c.cmp_idx = c.cmp_idx[:, :0]
+    check(attn_triton.sparse_attn_sink_triton(*args), c)
+    torch.cuda.synchronize()
+    assert counters_clean("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("counters_before_capture", [True, False], ids=["cached-counters", "graph-zeroed"])
+def test_gpu_one_launch_cuda_graph(monkeypatch, counters_before_capture):
+    """Capture (on a side stream, after an eager warm-up on another) and replay at T = 1, flash:
+    new inputs copied into the captured buffers give the eager result, twice in a row (the
+    counters are clean after every replay). ``graph-zeroed``: no counter buffer existed at capture
+    time, so the graph allocates and zeroes its own."""
+    monkeypatch.setattr(attn_plan, "OVERRIDES", dict(ONE_LAUNCH))
+    c = make_case(1, 64, 128, 512, seed=70, swa_rows=1024, cmp_rows=2048, swa_page_size=64,
+                  cmp_page_size=64).to("cuda")
+    args = c.args()
+    attn_triton.sparse_attn_sink_triton(*args)            # compile + counters, on the default stream
+    torch.cuda.synchronize()
+    if not counters_before_capture:
+        monkeypatch.setattr(attn_triton, "_COUNTERS", {})
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attn_triton.sparse_attn_sink_triton(*args)
+    assert (len(attn_triton._COUNTERS) > 0) == counters_before_capture   # never cached while capturing
+    for seed in (71, 72):
+        fresh = make_case(1, 64, 128, 512, seed=seed, swa_rows=1024, cmp_rows=2048, swa_page_size=64,
+                          cmp_page_size=64).to("cuda")
+        for dst, src in zip(args, fresh.args()):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        graph.replay()
+        torch.cuda.synchronize()
+        check(out, c)
+        assert torch.equal(out, attn_triton.sparse_attn_sink_triton(*args))
+        torch.cuda.synchronize()
+        assert counters_clean("cuda")

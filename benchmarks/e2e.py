@@ -85,6 +85,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from benchmarks import harness
+
 SCHEMA = "fusegraph.e2e/1"
 VARIANTS = ("eager", "compile", "fusegraph", "fusegraph_compile")
 FUSED_VARIANTS = frozenset({"fusegraph", "fusegraph_compile"})
@@ -472,27 +474,9 @@ def time_stream(call: Callable[[], Any], iters: int, warmup: int = 2) -> float:
 def time_graph(call: Callable[[], Any], replays: int) -> tuple[float, Any]:
     """Median microseconds per replay of one call captured as a CUDA graph, and the replayed output."""
     with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture stream: compilation, autotuning, workspaces
-            for _ in range(2):
-                call()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = call()
-        graph.replay()
-        torch.cuda.synchronize()
+        graph, out = harness.capture_graph(call)
         replayed = _clone(out)
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]
-        torch.cuda._sleep(1_000_000)  # a backlog, so that replays run back to back on the GPU
-        events[0].record()
-        for i in range(replays):
-            graph.replay()
-            events[i + 1].record()
-        torch.cuda.synchronize()
-        per_replay = [events[i].elapsed_time(events[i + 1]) for i in range(replays)]
+        per_replay = harness.replay_times_ms(graph, replays, 1_000_000)
         del graph, out
     return statistics.median(per_replay) * 1e3, replayed
 

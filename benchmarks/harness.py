@@ -209,30 +209,44 @@ def _clone(args: tuple) -> tuple:
     return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def time_graph(fn: Callable[..., Any], sets: list[tuple], replays: int) -> float:
-    """Median microseconds per call of ``fn`` over CUDA-graph replays that call it once per set."""
+def capture_graph(run: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Warm ``run()`` up twice on a side stream, capture one call of it as a CUDA graph and replay
+    that once; returns the graph and what the captured call returned (its outputs live in the graph)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture stream: compilation, autotuning, workspaces
         for _ in range(2):
-            for args in sets:
-                fn(*args)
+            run()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for args in sets:
-            fn(*args)
+        out = run()
     graph.replay()
     torch.cuda.synchronize()
+    return graph, out
+
+
+def replay_times_ms(graph: torch.cuda.CUDAGraph, replays: int, backlog_cycles: int) -> list[float]:
+    """Milliseconds of each of ``replays`` back-to-back replays of ``graph`` (CUDA events)."""
     events = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]
-    torch.cuda._sleep(2_000_000)  # a backlog, so that replays run back to back on the GPU
+    torch.cuda._sleep(backlog_cycles)  # a backlog, so that replays run back to back on the GPU
     events[0].record()
     for i in range(replays):
         graph.replay()
         events[i + 1].record()
     torch.cuda.synchronize()
-    per_replay_ms = [events[i].elapsed_time(events[i + 1]) for i in range(replays)]
+    return [events[i].elapsed_time(events[i + 1]) for i in range(replays)]
+
+
+def time_graph(fn: Callable[..., Any], sets: list[tuple], replays: int) -> float:
+    """Median microseconds per call of ``fn`` over CUDA-graph replays that call it once per set."""
+    def call_every_set() -> None:
+        for args in sets:
+            fn(*args)
+
+    graph, _ = capture_graph(call_every_set)
+    per_replay_ms = replay_times_ms(graph, replays, 2_000_000)
     del graph
     return statistics.median(per_replay_ms) * 1e3 / len(sets)
 

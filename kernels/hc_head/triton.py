@@ -17,16 +17,8 @@ from fusegraph.kernels.mhc_pre import gates
 
 def supports(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
              rms_eps: float, hc_eps: float, norm_eps: float) -> Optional[str]:
-    reason = gates.check_residual(residual)
-    if reason:
-        return reason
-    D = residual.shape[2]
-    return gates.first_reason(
-        gates.check_mix_params(fn, scale, base, gates.HC_MULT, D, 1),
-        gates.check_norm_weight(norm_weight, D),
-        gates.check_same_device(residual, fn, scale, base, norm_weight),
-        tc.interpreter_too_large(residual, fn),
-    )
+    return (gates.check_pre_args(residual, fn, scale, base, norm_weight, gates.HC_MULT, 1)
+            or tc.interpreter_too_large(residual, fn))
 
 
 @hc_head.provider("triton", targets=tc.provider_targets(), priority=20, available=tc.triton_missing,

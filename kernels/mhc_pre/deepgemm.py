@@ -13,9 +13,9 @@ Kernel 2 (``_finish_kernel``, here) is the "big fuse" of spec 2.6 that the split
 into: one program per token sums the token's S partial rows of ``d`` (read in DeepGEMM's own
 token-major ``[S, T, N]`` layout: no transpose, no copy) and of ``sqr_sum``, then the RMS factor,
 the sigmoids, the 20-iteration Sinkhorn (the 4x4 held as four row vectors: no barrier), the
-weighted collapse of the 4 streams and the optional RMSNorm. It is this file's own kernel: the
-Triton provider's GEMM finishes its splits itself (mix-major partials, a ticket per token block)
-and has no stand-alone finisher to reuse.
+weighted collapse of the 4 streams and the optional RMSNorm. It is this file's own kernel (the whole
+row in registers, no chunked variant), built from the Triton token path's jit helpers: the mixes
+and Sinkhorn (``triton_token._token_mixes``) and the row epilogue (``triton_parts.store_row``).
 
 * S follows the engines' rule ``max(1, min(SMs // ceil(T/64), nKB // 4))`` (DeepGEMM tiles 64 tokens).
 * T = 0: no launch at all; empty outputs.
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from fusegraph.kernels import _triton_common as tc
 from fusegraph.kernels.hc_head.reference import hc_head
-from fusegraph.kernels.mhc_pre import gates
+from fusegraph.kernels.mhc_pre import gates, host
 from fusegraph.kernels.mhc_pre.reference import mhc_pre
 
 triton, tl = tc.triton, tc.tl
@@ -88,8 +88,10 @@ def deep_gemm_missing() -> Optional[str]:
 # -- kernel 2: the big fuse over DeepGEMM's partials -------------------------------------------------
 if tc.HAS_TRITON:
 
-    # The split reduction and the 4x4 Sinkhorn are the Triton provider's own (GPU-verified) helpers.
-    from fusegraph.kernels.mhc_pre.triton_token import _sinkhorn_rows, _split_sum4
+    # The split reduction, the mixes with the 4x4 Sinkhorn and the row epilogue are the Triton
+    # provider's own (GPU-verified) helpers.
+    from fusegraph.kernels.mhc_pre.triton_parts import store_row
+    from fusegraph.kernels.mhc_pre.triton_token import _token_mixes
 
     @triton.jit
     def _finish_kernel(res_ptr, part_ptr, sq_ptr, scale_ptr, base_ptr, norm_w_ptr, out_ptr, post_ptr, comb_ptr,
@@ -107,31 +109,11 @@ if tc.HAS_TRITON:
 
         tc.pdl_wait(USE_PDL)
         x = tl.load(res_ptr + t64 * (4 * D) + c4[:, None] * D + ds[None, :], mask=d_ok[None, :], other=0.0)
-        sumsq = tl.sum(tl.load(sq_ptr + ss.to(tl.int64) * T + t, mask=s_ok, other=0.0), axis=0)
-        rinv = tl.math.rsqrt(sumsq / (4 * D) + rms_eps)
-        pre = tl.sigmoid(_split_sum4(part_t, s_ok, 0) * rinv * tl.load(scale_ptr) + tl.load(base_ptr + c4)) + hc_eps
-        if WITH_POST_COMB:
-            post = tl.sigmoid(_split_sum4(part_t, s_ok, 4) * rinv * tl.load(scale_ptr + 1)
-                              + tl.load(base_ptr + 4 + c4)) * post_mult
-            tl.store(post_ptr + t64 * 4 + c4, post)
-            s2 = tl.load(scale_ptr + 2)  # comb row j = mixes [8 + 4j, 12 + 4j)
-            m0 = _split_sum4(part_t, s_ok, 8) * rinv * s2 + tl.load(base_ptr + 8 + c4)
-            m1 = _split_sum4(part_t, s_ok, 12) * rinv * s2 + tl.load(base_ptr + 12 + c4)
-            m2 = _split_sum4(part_t, s_ok, 16) * rinv * s2 + tl.load(base_ptr + 16 + c4)
-            m3 = _split_sum4(part_t, s_ok, 20) * rinv * s2 + tl.load(base_ptr + 20 + c4)
-            m0, m1, m2, m3 = _sinkhorn_rows(m0, m1, m2, m3, sinkhorn_iters, hc_eps)
-            comb_t = comb_ptr + t64 * 16 + c4
-            tl.store(comb_t, m0)
-            tl.store(comb_t + 4, m1)
-            tl.store(comb_t + 8, m2)
-            tl.store(comb_t + 12, m3)
+        pre = _token_mixes(part_t, sq_ptr, ss, s_ok, t, t64, T, D, scale_ptr, base_ptr, post_ptr, comb_ptr, rms_eps,
+                           hc_eps, post_mult, sinkhorn_iters, WITH_POST_COMB)
+        # the model's RMSNorm sees the bf16-rounded collapse (reference rounding)
         y = tl.sum(x.to(tl.float32) * pre[:, None], axis=0).to(out_ptr.dtype.element_ty)
-        if HAS_NORM:  # the model's RMSNorm sees the bf16-rounded collapse (reference rounding)
-            v = y.to(tl.float32)
-            r = tl.math.rsqrt(tl.sum(v * v, axis=0) / D + norm_eps)
-            w = tl.load(norm_w_ptr + ds, mask=d_ok, other=0.0).to(tl.float32)
-            y = (v * r * w).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + t64 * D + ds, y, mask=d_ok)
+        store_row(out_ptr + t64 * D, y, norm_w_ptr, ds, d_ok, D, norm_eps, HAS_NORM)
         tc.pdl_launch_dependents(USE_PDL)
 
 
@@ -189,19 +171,14 @@ def finish(residual: Tensor, d: Tensor, sqr_sum: Tensor, scale: Tensor, base: Te
     return out, post, comb
 
 
-def _c(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
-
-
 def mhc_pre_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
                     rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float,
                     n_splits: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
+    residual, fn, scale, base, norm_weight = host.contiguous(residual, fn, scale, base, norm_weight)
     T, C, D = residual.shape
     dev = residual.device
     if T == 0:  # no launch
-        return (_empty((0, D), residual.dtype, dev), _empty((0, C), torch.float32, dev),
-                _empty((0, C, C), torch.float32, dev))
+        return host.pre_outputs(residual, _empty)
     with tc.device_guard(dev):
         d, sqr_sum = prenorm_gemm(residual.view(T, C * D), fn, n_splits)
         return finish(residual, d, sqr_sum, scale, base, norm_weight, rms_eps, hc_eps, norm_eps, sinkhorn_iters,
@@ -210,7 +187,7 @@ def mhc_pre_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, n
 
 def hc_head_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
                     rms_eps: float, hc_eps: float, norm_eps: float, n_splits: Optional[int] = None) -> Tensor:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
+    residual, fn, scale, base, norm_weight = host.contiguous(residual, fn, scale, base, norm_weight)
     T, C, D = residual.shape
     if T == 0:  # no launch
         return _empty((0, D), residual.dtype, residual.device)
@@ -234,16 +211,8 @@ def _deepgemm_shape_reason(residual: Tensor, n_mix: int) -> Optional[str]:
 
 def _supports(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
               n_mix: int, n_scale: int) -> Optional[str]:
-    reason = gates.check_residual(residual)
-    if reason:
-        return reason
-    D = residual.shape[2]
-    return gates.first_reason(
-        gates.check_mix_params(fn, scale, base, n_mix, D, n_scale),
-        gates.check_norm_weight(norm_weight, D),
-        gates.check_same_device(residual, fn, scale, base, norm_weight),
-        _deepgemm_shape_reason(residual, n_mix),
-    )
+    return (gates.check_pre_args(residual, fn, scale, base, norm_weight, n_mix, n_scale)
+            or _deepgemm_shape_reason(residual, n_mix))
 
 
 def supports_pre(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],

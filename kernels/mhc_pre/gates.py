@@ -73,6 +73,22 @@ def check_same_device(*tensors: Optional[Tensor]) -> Optional[str]:
     return None
 
 
+def check_pre_args(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
+                   n_mix: int, n_scale: int) -> Optional[str]:
+    """Every mhc_pre (``n_mix`` = NUM_MIX, 3 scales) and hc_head (HC_MULT mixes, 1 scale) kernel's
+    argument gates (shapes, dtypes, one device). A provider adds its own limits after these: they
+    may then read ``residual.shape`` safely."""
+    reason = check_residual(residual)
+    if reason:
+        return reason
+    D = residual.shape[2]
+    return first_reason(
+        check_mix_params(fn, scale, base, n_mix, D, n_scale),
+        check_norm_weight(norm_weight, D),
+        check_same_device(residual, fn, scale, base, norm_weight),
+    )
+
+
 def check_post_args(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Optional[str]:
     """Every mhc_post kernel's argument gates (shapes, dtypes, one device)."""
     reason = check_residual(residual)

@@ -83,16 +83,9 @@ def shape_reason(residual: Tensor) -> Optional[str]:
 def kernel_reason(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor]
                   ) -> Optional[str]:
     """What the kernels cannot take (shapes, dtypes, devices); no crossover policy."""
-    reason = gates.check_residual(residual)
-    if reason:
-        return reason
-    D = residual.shape[2]
-    return gates.first_reason(
-        gates.check_mix_params(fn, scale, base, gates.NUM_MIX, D, 3),
-        gates.check_norm_weight(norm_weight, D),
+    return gates.check_pre_args(residual, fn, scale, base, norm_weight, gates.NUM_MIX, 3) or gates.first_reason(
         None if norm_weight is None or norm_weight.dtype in (torch.bfloat16, torch.float32)
         else f"norm_weight is {norm_weight.dtype}; the TileLang kernel takes bfloat16 or float32",
-        gates.check_same_device(residual, fn, scale, base, norm_weight),
         shape_reason(residual),
     )
 

@@ -41,12 +41,12 @@ Pass configs follow the published TileLang mHC kernels: no TMA lowering, no warp
 No ``from __future__ import annotations`` here: TileLang evaluates the kernels' tensor annotations,
 which name closure variables (K, D), at definition time.
 """
-import contextlib
 import functools
 import os
+import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ from torch import Tensor
 import tilelang
 import tilelang.language as T
 
+from fusegraph.kernels.mhc_pre import host
 from fusegraph.kernels.mhc_pre.gates import HC_MULT, NUM_MIX
 
 MIX_PAD = 32          # GEMM tile width: the 24 mixes, padded (partials are [S, T, 32])
@@ -468,24 +469,10 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> T
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-@contextlib.contextmanager
-def poisoned_outputs() -> Iterator[list[Tensor]]:
+def poisoned_outputs() -> ContextManager[list[Tensor]]:
     """While active, every output and workspace the launchers allocate is NaN-filled first (the
     TileLang twin of ``testing.poisoned_outputs``); yields the list of them."""
-    made: list[Tensor] = []
-    original = globals()["empty"]
-
-    def poisoned(shape, dtype, device):
-        t = original(shape, dtype, device)
-        t.fill_(float("nan"))
-        made.append(t)
-        return t
-
-    globals()["empty"] = poisoned
-    try:
-        yield made
-    finally:
-        globals()["empty"] = original
+    return host.poisoned_empty(sys.modules[__name__])
 
 
 def split_count(T_: int, K: int, device: torch.device) -> int:
@@ -494,17 +481,6 @@ def split_count(T_: int, K: int, device: torch.device) -> int:
     n_kb = K // BLOCK_K
     s = min(PROGRAMS_PER_SM * sms // cdiv(T_, BLOCK_M), n_kb // MIN_KB_PER_SPLIT)
     return max(1, min(s, MAX_SPLITS, n_kb))
-
-
-def _c(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
-
-
-def _empty_pre(residual: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    T_, C, D = residual.shape
-    dev = residual.device
-    return (empty((T_, D), residual.dtype, dev), empty((T_, C), torch.float32, dev),
-            empty((T_, C, C), torch.float32, dev))
 
 
 def _pre_on(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
@@ -517,7 +493,7 @@ def _pre_on(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weig
     part = empty((S, T_, MIX_PAD), torch.float32, dev)
     sq = empty((S, T_), torch.float32, dev)
     compile_key(_key("gemm", D, dev))(residual.view(T_, K), fn, part, sq)
-    out, post, comb = _empty_pre(residual)
+    out, post, comb = host.pre_outputs(residual, empty)
     norm_dtype = None if norm_weight is None else _dtype_name(norm_weight.dtype)
     fuse = compile_key(_key("fuse", D, dev, norm_dtype))
     fuse(part, sq, scale, base, residual, norm_weight if norm_weight is not None else _dummy_weight(D, dev), out,
@@ -540,9 +516,9 @@ def _dummy_weight(D: int, device: torch.device) -> Tensor:
 def mhc_pre_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
                     rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float,
                     n_splits: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
+    residual, fn, scale, base, norm_weight = host.contiguous(residual, fn, scale, base, norm_weight)
     if residual.shape[0] == 0:  # no launch
-        return _empty_pre(residual)
+        return host.pre_outputs(residual, empty)
     with torch.cuda.device(residual.device):
         return _pre_on(residual, fn, scale, base, norm_weight, rms_eps, hc_eps, norm_eps, sinkhorn_iters,
                        post_mult, n_splits)
@@ -556,7 +532,7 @@ def _post_on(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Tensor:
 
 
 def mhc_post_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor) -> Tensor:
-    f, residual, post, comb = map(_c, (f, residual, post, comb))
+    f, residual, post, comb = host.contiguous(f, residual, post, comb)
     if residual.shape[0] == 0:
         return empty(tuple(residual.shape), residual.dtype, residual.device)
     with torch.cuda.device(residual.device):
@@ -567,10 +543,10 @@ def mhc_post_pre_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor
                          base: Tensor, norm_weight: Optional[Tensor], rms_eps: float, hc_eps: float,
                          norm_eps: float, sinkhorn_iters: int, post_mult: float,
                          n_splits: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    f, residual, post, comb, fn, scale, base, norm_weight = map(
-        _c, (f, residual, post, comb, fn, scale, base, norm_weight))
+    f, residual, post, comb, fn, scale, base, norm_weight = host.contiguous(
+        f, residual, post, comb, fn, scale, base, norm_weight)
     if residual.shape[0] == 0:
-        return (empty(tuple(residual.shape), residual.dtype, residual.device),) + _empty_pre(residual)
+        return (empty(tuple(residual.shape), residual.dtype, residual.device),) + host.pre_outputs(residual, empty)
     with torch.cuda.device(residual.device):
         new_residual = _post_on(f, residual, post, comb)
         return (new_residual,) + _pre_on(new_residual, fn, scale, base, norm_weight, rms_eps, hc_eps, norm_eps,

@@ -19,16 +19,8 @@ from fusegraph.kernels.mhc_pre.reference import mhc_pre
 
 def supports(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
              rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float) -> Optional[str]:
-    reason = gates.check_residual(residual)
-    if reason:
-        return reason
-    D = residual.shape[2]
-    return gates.first_reason(
-        gates.check_mix_params(fn, scale, base, gates.NUM_MIX, D, 3),
-        gates.check_norm_weight(norm_weight, D),
-        gates.check_same_device(residual, fn, scale, base, norm_weight),
-        tc.interpreter_too_large(residual, fn),
-    )
+    return (gates.check_pre_args(residual, fn, scale, base, norm_weight, gates.NUM_MIX, 3)
+            or tc.interpreter_too_large(residual, fn))
 
 
 @mhc_pre.provider("triton", targets=tc.provider_targets(), priority=20, available=tc.triton_missing,

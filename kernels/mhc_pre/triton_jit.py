@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.mhc_pre.triton_parts import norm_stored_row, split_program, store_chunk, store_row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +65,17 @@ def _scale4(a, b, c, d, eps):
 
 
 @triton.jit
+def _scale_rows16(m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33, eps):
+    """Row normalization of 4x4 matrices held as 16 vectors, row j = ``mj0..mj3`` (passed in
+    column-major order, the same call normalizes the columns)."""
+    m00, m01, m02, m03 = _scale4(m00, m01, m02, m03, eps)
+    m10, m11, m12, m13 = _scale4(m10, m11, m12, m13, eps)
+    m20, m21, m22, m23 = _scale4(m20, m21, m22, m23, eps)
+    m30, m31, m32, m33 = _scale4(m30, m31, m32, m33, eps)
+    return m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33
+
+
+@triton.jit
 def _sinkhorn16(m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33, iters, eps):
     """Sinkhorn (spec 2.1 step 5) on 4x4 matrices held as 16 same-layout vectors (one entry of
     every token's matrix each): row softmax + eps, column normalization, then ``iters - 1``
@@ -72,20 +84,32 @@ def _sinkhorn16(m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30,
     m10, m11, m12, m13 = _softmax4(m10, m11, m12, m13, eps)
     m20, m21, m22, m23 = _softmax4(m20, m21, m22, m23, eps)
     m30, m31, m32, m33 = _softmax4(m30, m31, m32, m33, eps)
-    m00, m10, m20, m30 = _scale4(m00, m10, m20, m30, eps)
-    m01, m11, m21, m31 = _scale4(m01, m11, m21, m31, eps)
-    m02, m12, m22, m32 = _scale4(m02, m12, m22, m32, eps)
-    m03, m13, m23, m33 = _scale4(m03, m13, m23, m33, eps)
+    # columns: the rows of the transpose (the names in column-major order)
+    m00, m10, m20, m30, m01, m11, m21, m31, m02, m12, m22, m32, m03, m13, m23, m33 = _scale_rows16(
+        m00, m10, m20, m30, m01, m11, m21, m31, m02, m12, m22, m32, m03, m13, m23, m33, eps)
     for _ in range(iters - 1):
-        m00, m01, m02, m03 = _scale4(m00, m01, m02, m03, eps)
-        m10, m11, m12, m13 = _scale4(m10, m11, m12, m13, eps)
-        m20, m21, m22, m23 = _scale4(m20, m21, m22, m23, eps)
-        m30, m31, m32, m33 = _scale4(m30, m31, m32, m33, eps)
-        m00, m10, m20, m30 = _scale4(m00, m10, m20, m30, eps)
-        m01, m11, m21, m31 = _scale4(m01, m11, m21, m31, eps)
-        m02, m12, m22, m32 = _scale4(m02, m12, m22, m32, eps)
-        m03, m13, m23, m33 = _scale4(m03, m13, m23, m33, eps)
+        m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33 = _scale_rows16(
+            m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33, eps)
+        m00, m10, m20, m30, m01, m11, m21, m31, m02, m12, m22, m32, m03, m13, m23, m33 = _scale_rows16(
+            m00, m10, m20, m30, m01, m11, m21, m31, m02, m12, m22, m32, m03, m13, m23, m33, eps)
     return m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33
+
+
+@triton.jit
+def _logits4(g_ptr, b_ptr, J0: tl.constexpr, s, mask):
+    """Logits ``J0 .. J0 + 3`` of every token's comb: ``g[j] * s + base[j]``."""
+    return (tl.load(g_ptr + J0, mask=mask, other=0.0) * s + tl.load(b_ptr + J0),
+            tl.load(g_ptr + (J0 + 1), mask=mask, other=0.0) * s + tl.load(b_ptr + (J0 + 1)),
+            tl.load(g_ptr + (J0 + 2), mask=mask, other=0.0) * s + tl.load(b_ptr + (J0 + 2)),
+            tl.load(g_ptr + (J0 + 3), mask=mask, other=0.0) * s + tl.load(b_ptr + (J0 + 3)))
+
+
+@triton.jit
+def _store4(p, J0: tl.constexpr, a, b, c, d, mask):
+    tl.store(p + J0, a, mask=mask)
+    tl.store(p + (J0 + 1), b, mask=mask)
+    tl.store(p + (J0 + 2), c, mask=mask)
+    tl.store(p + (J0 + 3), d, mask=mask)
 
 
 @triton.jit
@@ -130,41 +154,17 @@ def _finish_block(part_ptr, sq_ptr, mix_ptr, scale_ptr, base_ptr, pre_ptr, post_
         s2 = tl.load(scale_ptr + 2) * rinv
         lg = mrow + 8
         lb = base_ptr + 8
+        m00, m01, m02, m03 = _logits4(lg, lb, 0, s2, t_ok)
+        m10, m11, m12, m13 = _logits4(lg, lb, 4, s2, t_ok)
+        m20, m21, m22, m23 = _logits4(lg, lb, 8, s2, t_ok)
+        m30, m31, m32, m33 = _logits4(lg, lb, 12, s2, t_ok)
         m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33 = _sinkhorn16(
-            tl.load(lg + 0, mask=t_ok, other=0.0) * s2 + tl.load(lb + 0),
-            tl.load(lg + 1, mask=t_ok, other=0.0) * s2 + tl.load(lb + 1),
-            tl.load(lg + 2, mask=t_ok, other=0.0) * s2 + tl.load(lb + 2),
-            tl.load(lg + 3, mask=t_ok, other=0.0) * s2 + tl.load(lb + 3),
-            tl.load(lg + 4, mask=t_ok, other=0.0) * s2 + tl.load(lb + 4),
-            tl.load(lg + 5, mask=t_ok, other=0.0) * s2 + tl.load(lb + 5),
-            tl.load(lg + 6, mask=t_ok, other=0.0) * s2 + tl.load(lb + 6),
-            tl.load(lg + 7, mask=t_ok, other=0.0) * s2 + tl.load(lb + 7),
-            tl.load(lg + 8, mask=t_ok, other=0.0) * s2 + tl.load(lb + 8),
-            tl.load(lg + 9, mask=t_ok, other=0.0) * s2 + tl.load(lb + 9),
-            tl.load(lg + 10, mask=t_ok, other=0.0) * s2 + tl.load(lb + 10),
-            tl.load(lg + 11, mask=t_ok, other=0.0) * s2 + tl.load(lb + 11),
-            tl.load(lg + 12, mask=t_ok, other=0.0) * s2 + tl.load(lb + 12),
-            tl.load(lg + 13, mask=t_ok, other=0.0) * s2 + tl.load(lb + 13),
-            tl.load(lg + 14, mask=t_ok, other=0.0) * s2 + tl.load(lb + 14),
-            tl.load(lg + 15, mask=t_ok, other=0.0) * s2 + tl.load(lb + 15),
-            sinkhorn_iters, hc_eps)
+            m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33, sinkhorn_iters, hc_eps)
         cp = comb_ptr + toks.to(tl.int64) * 16
-        tl.store(cp + 0, m00, mask=t_ok)
-        tl.store(cp + 1, m01, mask=t_ok)
-        tl.store(cp + 2, m02, mask=t_ok)
-        tl.store(cp + 3, m03, mask=t_ok)
-        tl.store(cp + 4, m10, mask=t_ok)
-        tl.store(cp + 5, m11, mask=t_ok)
-        tl.store(cp + 6, m12, mask=t_ok)
-        tl.store(cp + 7, m13, mask=t_ok)
-        tl.store(cp + 8, m20, mask=t_ok)
-        tl.store(cp + 9, m21, mask=t_ok)
-        tl.store(cp + 10, m22, mask=t_ok)
-        tl.store(cp + 11, m23, mask=t_ok)
-        tl.store(cp + 12, m30, mask=t_ok)
-        tl.store(cp + 13, m31, mask=t_ok)
-        tl.store(cp + 14, m32, mask=t_ok)
-        tl.store(cp + 15, m33, mask=t_ok)
+        _store4(cp, 0, m00, m01, m02, m03, t_ok)
+        _store4(cp, 4, m10, m11, m12, m13, t_ok)
+        _store4(cp, 8, m20, m21, m22, m23, t_ok)
+        _store4(cp, 12, m30, m31, m32, m33, t_ok)
 
 
 @triton.jit
@@ -223,11 +223,7 @@ def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, cnt_ptr, mix_ptr, scale
     bf16 hi + lo per k-step) or "bf16x2pre" (``w_ptr`` is ``_split_fn_kernel``'s output).
     ``SQ_MODE``: 0 reduce x^2 every k-step, 1 keep a 2-D tile and reduce once, 2 on the tensor
     cores as the diagonal of x x^T (bf16 modes only: the x tile then never leaves shared memory)."""
-    pid = tl.program_id(0)
-    mblk = pid // n_splits
-    split = pid % n_splits
-    kb_begin = split * kb_per_split + tl.minimum(split, kb_rem)
-    kb_count = kb_per_split + (split < kb_rem).to(tl.int32)
+    mblk, split, kb_begin, kb_count = split_program(n_splits, kb_per_split, kb_rem)
 
     rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
     # rows past T re-read row T-1 (their results are never stored): the loads need no mask
@@ -316,13 +312,7 @@ def _collapse_kernel(res_ptr, pre_ptr, norm_w_ptr, out_ptr, T, D, norm_eps,
         p = pre_ptr + t64 * 4
         y = (tl.load(p) * x0.to(tl.float32) + tl.load(p + 1) * x1.to(tl.float32)
              + tl.load(p + 2) * x2.to(tl.float32) + tl.load(p + 3) * x3.to(tl.float32))
-        yb = y.to(out_ptr.dtype.element_ty)
-        if HAS_NORM:
-            v = yb.to(tl.float32)
-            r = tl.math.rsqrt(tl.sum(v * v, axis=0) / D + norm_eps)
-            w = tl.load(norm_w_ptr + ds, mask=d_ok, other=0.0).to(tl.float32)
-            yb = (v * r * w).to(out_ptr.dtype.element_ty)
-        tl.store(out_row + ds, yb, mask=d_ok)
+        store_row(out_row, y.to(out_ptr.dtype.element_ty), norm_w_ptr, ds, d_ok, D, norm_eps, HAS_NORM)
     else:
         tc.pdl_wait(USE_PDL)
         p = pre_ptr + t64 * 4
@@ -336,18 +326,7 @@ def _collapse_kernel(res_ptr, pre_ptr, norm_w_ptr, out_ptr, T, D, norm_eps,
             d_ok = d < D
             x0, x1, x2, x3 = _load_streams(x_row, d, d_ok, D)
             y = p0 * x0.to(tl.float32) + p1 * x1.to(tl.float32) + p2 * x2.to(tl.float32) + p3 * x3.to(tl.float32)
-            yb = y.to(out_ptr.dtype.element_ty)
-            tl.store(out_row + d, yb, mask=d_ok)
-            if HAS_NORM:
-                v = yb.to(tl.float32)
-                acc += v * v
+            acc = store_chunk(out_row, d, y.to(out_ptr.dtype.element_ty), d_ok, acc, HAS_NORM)
         if HAS_NORM:
-            r = tl.math.rsqrt(tl.sum(acc, axis=0) / D + norm_eps)
-            tl.debug_barrier()  # the bf16 row written above is read back below
-            for c in range(NUM_CHUNKS):
-                d = c * BLOCK_D + ds
-                d_ok = d < D
-                v = tl.load(out_row + d, mask=d_ok, other=0.0).to(tl.float32)
-                w = tl.load(norm_w_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-                tl.store(out_row + d, (v * r * w).to(out_ptr.dtype.element_ty), mask=d_ok)
+            norm_stored_row(out_row, norm_w_ptr, acc, D, norm_eps, BLOCK_D, NUM_CHUNKS)
     tc.pdl_launch_dependents(USE_PDL)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from fusegraph.kernels import _triton_common as tc
+from fusegraph.kernels.mhc_pre import host
 from fusegraph.kernels.mhc_pre import triton_token as tt
 from fusegraph.kernels.mhc_pre.gates import HC_MULT, NUM_MIX
 from fusegraph.kernels.mhc_pre.triton_jit import _collapse_kernel, _prenorm_gemm_kernel, _split_fn_kernel
@@ -228,26 +229,15 @@ def _stream_pre(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_
 # ---------------------------------------------------------------------------------------------
 # ops
 # ---------------------------------------------------------------------------------------------
-def _c(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
-
-
-def _empty_pre(residual: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    T, _, D = residual.shape
-    dev = residual.device
-    return (empty((T, D), residual.dtype, dev), empty((T, HC_MULT), torch.float32, dev),
-            empty((T, HC_MULT, HC_MULT), torch.float32, dev))
-
-
 def mhc_pre_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, norm_weight: Optional[Tensor],
                     rms_eps: float, hc_eps: float, norm_eps: float, sinkhorn_iters: int, post_mult: float,
                     n_splits: Optional[int] = None, max_block_d: int = MAX_ROW_BLOCK,
                     gemm_cfg: Optional[GemmConfig] = None, collapse_cfg: Optional[CollapseConfig] = None,
                     path: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
+    residual, fn, scale, base, norm_weight = host.contiguous(residual, fn, scale, base, norm_weight)
     T, C, D = residual.shape
     if T == 0:
-        return _empty_pre(residual)
+        return host.pre_outputs(residual, empty)
     with tc.device_guard(residual.device):
         if (path or default_path(T)) == "token":
             part, sq = tt.prenorm_gemm(residual.view(T, C * D), fn, MIX_PAD, n_splits)
@@ -259,7 +249,7 @@ def mhc_pre_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, n
 
 def mhc_post_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor,
                      n_splits: Optional[int] = None) -> Tensor:
-    f, residual, post, comb = map(_c, (f, residual, post, comb))
+    f, residual, post, comb = host.contiguous(f, residual, post, comb)
     if residual.shape[0] == 0:
         return empty(tuple(residual.shape), residual.dtype, residual.device)
     with tc.device_guard(residual.device):
@@ -272,11 +262,11 @@ def mhc_post_pre_forward(f: Tensor, residual: Tensor, post: Tensor, comb: Tensor
                          n_splits: Optional[int] = None, max_block_d: int = MAX_ROW_BLOCK,
                          gemm_cfg: Optional[GemmConfig] = None, collapse_cfg: Optional[CollapseConfig] = None,
                          path: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    f, residual, post, comb, fn, scale, base, norm_weight = map(
-        _c, (f, residual, post, comb, fn, scale, base, norm_weight))
+    f, residual, post, comb, fn, scale, base, norm_weight = host.contiguous(
+        f, residual, post, comb, fn, scale, base, norm_weight)
     T = residual.shape[0]
     if T == 0:
-        return (empty(tuple(residual.shape), residual.dtype, residual.device),) + _empty_pre(residual)
+        return (empty(tuple(residual.shape), residual.dtype, residual.device),) + host.pre_outputs(residual, empty)
     with tc.device_guard(residual.device):
         if (path or default_path(T)) == "token":
             # the post kernel also feeds the new residual into the next pre's split-K GEMM
@@ -296,7 +286,7 @@ def hc_head_forward(residual: Tensor, fn: Tensor, scale: Tensor, base: Tensor, n
                     rms_eps: float, hc_eps: float, norm_eps: float, n_splits: Optional[int] = None,
                     max_block_d: int = MAX_ROW_BLOCK, gemm_cfg: Optional[GemmConfig] = None,
                     collapse_cfg: Optional[CollapseConfig] = None, path: Optional[str] = None) -> Tensor:
-    residual, fn, scale, base, norm_weight = map(_c, (residual, fn, scale, base, norm_weight))
+    residual, fn, scale, base, norm_weight = host.contiguous(residual, fn, scale, base, norm_weight)
     T, C, D = residual.shape
     if T == 0:
         return empty((0, D), residual.dtype, residual.device)

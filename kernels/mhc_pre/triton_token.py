@@ -18,6 +18,9 @@ mhc_post_pre+norm 14.1 vs 24.9 us; benchmarks/results/mhc_tuning_notes.md).
     One program per token, tokens in reverse order; the whole [4, D] row is requested up front
     when D <= MAX_ROW_BLOCK, else walked in chunks (the norm then re-reads the written row).
 
+``_token_mixes`` (the per-token mixes and Sinkhorn) is also the DeepGEMM finisher's; the split
+prologue and the row epilogue are ``triton_parts.py``'s (shared with ``triton_jit.py``).
+
 All kernels take ``USE_PDL`` (wait before the first dependent load, release after the last
 store). Buffers come from ``triton_kernels.empty`` (the seam tests use to poison outputs).
 """
@@ -31,6 +34,7 @@ from torch import Tensor
 
 from fusegraph.kernels import _triton_common as tc
 from fusegraph.kernels.mhc_pre.gates import HC_MULT
+from fusegraph.kernels.mhc_pre.triton_parts import norm_stored_row, split_program, store_chunk, store_row
 
 import triton
 import triton.language as tl
@@ -57,11 +61,7 @@ def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> T
 def _prenorm_gemm_kernel(x_ptr, w_ptr, part_ptr, sq_ptr, T, K, N, n_splits, kb_per_split, kb_rem,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
-    pid = tl.program_id(0)
-    mblk = pid // n_splits
-    split = pid % n_splits
-    kb_begin = split * kb_per_split + tl.minimum(split, kb_rem)
-    kb_count = kb_per_split + (split < kb_rem).to(tl.int32)
+    mblk, split, kb_begin, kb_count = split_program(n_splits, kb_per_split, kb_rem)
 
     rows = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < T
@@ -92,11 +92,7 @@ def _post_mix_kernel(f_ptr, res_ptr, post_ptr, comb_ptr, out_ptr, w_ptr, part_pt
                      T, D, n_splits, db_per_split, db_rem,
                      BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                      FUSE_GEMM: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
-    pid = tl.program_id(0)
-    mblk = pid // n_splits
-    split = pid % n_splits
-    db_begin = split * db_per_split + tl.minimum(split, db_rem)
-    db_count = db_per_split + (split < db_rem).to(tl.int32)
+    mblk, split, db_begin, db_count = split_program(n_splits, db_per_split, db_rem)
 
     row0 = mblk * BLOCK_M
     lrows = tl.arange(0, BLOCK_M)
@@ -189,26 +185,12 @@ def _split_sum4(part_t, s_ok, offset):
 
 
 @triton.jit
-def _mix_finish_kernel(res_ptr, part_ptr, sq_ptr, scale_ptr, base_ptr, norm_w_ptr, out_ptr, post_ptr, comb_ptr,
-                       T, D, n_splits, rms_eps, hc_eps, norm_eps, post_mult, sinkhorn_iters,
-                       PART_N: tl.constexpr, SPLIT_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                       NUM_CHUNKS: tl.constexpr, WITH_POST_COMB: tl.constexpr, HAS_NORM: tl.constexpr,
-                       USE_PDL: tl.constexpr):
-    t = T - 1 - tl.program_id(0)  # reverse order: rows kernel 1 read last are still in L2
-    t64 = t.to(tl.int64)
+def _token_mixes(part_t, sq_ptr, ss, s_ok, t, t64, T, D, scale_ptr, base_ptr, post_ptr, comb_ptr, rms_eps, hc_eps,
+                 post_mult, sinkhorn_iters, WITH_POST_COMB: tl.constexpr):
+    """Token ``t``'s RMS factor and mixes from its split partials (``part_t``: its partial row per
+    split, ``sq_ptr``: the sums of squares ``[S, T]``). Returns ``pre`` [4]; with ``WITH_POST_COMB``
+    also stores ``post`` and the Sinkhorn-normalized ``comb``."""
     c4 = tl.arange(0, 4)
-    ds = tl.arange(0, BLOCK_D)
-    x_row = res_ptr + t64 * (4 * D) + c4[:, None] * D  # [4, 1]: the 4 streams of token t
-    out_row = out_ptr + t64 * D
-    ss = tl.arange(0, SPLIT_BLOCK)
-    s_ok = ss < n_splits
-    part_t = part_ptr + (ss.to(tl.int64) * T + t) * PART_N  # [S]: this token's partial row per split
-
-    tc.pdl_wait(USE_PDL)
-    if NUM_CHUNKS == 1:  # issue the whole row now; its latency hides behind the mixes below
-        d_ok = ds < D
-        x = tl.load(x_row + ds[None, :], mask=d_ok[None, :], other=0.0)
-
     sumsq = tl.sum(tl.load(sq_ptr + ss.to(tl.int64) * T + t, mask=s_ok, other=0.0), axis=0)
     rinv = tl.math.rsqrt(sumsq / (4 * D) + rms_eps)
     g_pre = _split_sum4(part_t, s_ok, 0)
@@ -230,16 +212,36 @@ def _mix_finish_kernel(res_ptr, part_ptr, sq_ptr, scale_ptr, base_ptr, norm_w_pt
         tl.store(comb_t + 4, m1)
         tl.store(comb_t + 8, m2)
         tl.store(comb_t + 12, m3)
+    return pre
+
+
+@triton.jit
+def _mix_finish_kernel(res_ptr, part_ptr, sq_ptr, scale_ptr, base_ptr, norm_w_ptr, out_ptr, post_ptr, comb_ptr,
+                       T, D, n_splits, rms_eps, hc_eps, norm_eps, post_mult, sinkhorn_iters,
+                       PART_N: tl.constexpr, SPLIT_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                       NUM_CHUNKS: tl.constexpr, WITH_POST_COMB: tl.constexpr, HAS_NORM: tl.constexpr,
+                       USE_PDL: tl.constexpr):
+    t = T - 1 - tl.program_id(0)  # reverse order: rows kernel 1 read last are still in L2
+    t64 = t.to(tl.int64)
+    c4 = tl.arange(0, 4)
+    ds = tl.arange(0, BLOCK_D)
+    x_row = res_ptr + t64 * (4 * D) + c4[:, None] * D  # [4, 1]: the 4 streams of token t
+    out_row = out_ptr + t64 * D
+    ss = tl.arange(0, SPLIT_BLOCK)
+    s_ok = ss < n_splits
+    part_t = part_ptr + (ss.to(tl.int64) * T + t) * PART_N  # [S]: this token's partial row per split
+
+    tc.pdl_wait(USE_PDL)
+    if NUM_CHUNKS == 1:  # issue the whole row now; its latency hides behind the mixes below
+        d_ok = ds < D
+        x = tl.load(x_row + ds[None, :], mask=d_ok[None, :], other=0.0)
+
+    pre = _token_mixes(part_t, sq_ptr, ss, s_ok, t, t64, T, D, scale_ptr, base_ptr, post_ptr, comb_ptr, rms_eps,
+                       hc_eps, post_mult, sinkhorn_iters, WITH_POST_COMB)
 
     if NUM_CHUNKS == 1:
         y = tl.sum(x.to(tl.float32) * pre[:, None], axis=0)
-        yb = y.to(out_ptr.dtype.element_ty)
-        if HAS_NORM:
-            v = yb.to(tl.float32)
-            r = tl.math.rsqrt(tl.sum(v * v, axis=0) / D + norm_eps)
-            w = tl.load(norm_w_ptr + ds, mask=d_ok, other=0.0).to(tl.float32)
-            yb = (v * r * w).to(out_ptr.dtype.element_ty)
-        tl.store(out_row + ds, yb, mask=d_ok)
+        store_row(out_row, y.to(out_ptr.dtype.element_ty), norm_w_ptr, ds, d_ok, D, norm_eps, HAS_NORM)
     else:
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for c in range(NUM_CHUNKS):
@@ -247,19 +249,9 @@ def _mix_finish_kernel(res_ptr, part_ptr, sq_ptr, scale_ptr, base_ptr, norm_w_pt
             d_ok = d < D
             xc = tl.load(x_row + d[None, :], mask=d_ok[None, :], other=0.0).to(tl.float32)
             yb = tl.sum(xc * pre[:, None], axis=0).to(out_ptr.dtype.element_ty)
-            tl.store(out_row + d, yb, mask=d_ok)
-            if HAS_NORM:
-                v = yb.to(tl.float32)
-                acc += v * v
+            acc = store_chunk(out_row, d, yb, d_ok, acc, HAS_NORM)
         if HAS_NORM:
-            r = tl.math.rsqrt(tl.sum(acc, axis=0) / D + norm_eps)
-            tl.debug_barrier()  # the bf16 row written above is read back below
-            for c in range(NUM_CHUNKS):
-                d = c * BLOCK_D + ds
-                d_ok = d < D
-                v = tl.load(out_row + d, mask=d_ok, other=0.0).to(tl.float32)
-                w = tl.load(norm_w_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-                tl.store(out_row + d, (v * r * w).to(out_ptr.dtype.element_ty), mask=d_ok)
+            norm_stored_row(out_row, norm_w_ptr, acc, D, norm_eps, BLOCK_D, NUM_CHUNKS)
     tc.pdl_launch_dependents(USE_PDL)
 
 

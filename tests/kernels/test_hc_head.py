@@ -4,40 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusegraph import ops, targets
-from fusegraph.kernels import _triton_common as tc
+from fusegraph import ops
 from fusegraph.kernels.hc_head.reference import hc_head, hc_head_math
 from fusegraph.kernels.hc_head.triton import supports
 from fusegraph.kernels.mhc_pre import inputs
-from fusegraph.kernels.mhc_pre.testing import poisoned_outputs, rel_l2
-
-interpreter = pytest.mark.skipif(not (tc.HAS_TRITON and tc.interpreting()),
-                                 reason="CPU Triton cases need TRITON_INTERPRET=1")
-BF16_TOL = 1e-2
-
-
-def run_triton(args: tuple, dispatch: bool = False, **overrides):
-    """The Triton provider on NaN-poisoned outputs; ``dispatch``: through torch.ops (asserting it selects triton)."""
-    from fusegraph.kernels.mhc_pre import triton_kernels
-
-    with poisoned_outputs() as made:
-        if overrides:
-            out = triton_kernels.hc_head_forward(*args, **overrides)
-        elif dispatch:
-            assert hc_head.select(targets.of_device(args[0].device), args).provider == "triton"
-            out = torch.ops.fusegraph.hc_head(*args)
-        else:
-            out = hc_head.providers["triton"].impl(*args)
-    assert made
-    return out
+from fusegraph.kernels.mhc_pre.testing import (BF16_TOL, assert_outputs_close, assert_rejected, gpu_cases,
+                                               gpu_other_path_cases, interpreter, rel_l2, run_triton)
 
 
 def check(args: tuple, out: torch.Tensor) -> None:
-    expected = hc_head_math(*args, acc_dtype=torch.float64)
-    assert out.shape == expected.shape and out.dtype == torch.bfloat16
-    assert torch.isfinite(out).all(), "unwritten (NaN) elements"
-    err = rel_l2(out, expected)
-    assert err < BF16_TOL, err
+    assert_outputs_close((out,), (hc_head_math(*args, acc_dtype=torch.float64),), (BF16_TOL,), ("out",))
+    assert out.dtype == torch.bfloat16
 
 
 @interpreter
@@ -45,7 +22,7 @@ def check(args: tuple, out: torch.Tensor) -> None:
 @pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True), (33, 48, False)])
 def test_triton_matches_fp64_reference(T, D, norm, path):
     args = inputs.hc_head_args(T, D, norm=norm, seed=T)
-    out = run_triton(args, path=path)
+    out = run_triton(hc_head, args, path=path)
     check(args, out)
     assert rel_l2(out, hc_head.reference(*args)) < 1e-3
 
@@ -54,13 +31,13 @@ def test_triton_matches_fp64_reference(T, D, norm, path):
 @pytest.mark.parametrize("path", ["token", "stream"])
 def test_split_remainder_and_chunked_rows(path):
     args = inputs.hc_head_args(3, 80, norm=True, seed=4)
-    check(args, run_triton(args, n_splits=3, max_block_d=32, path=path))
+    check(args, run_triton(hc_head, args, n_splits=3, max_block_d=32, path=path))
 
 
 @interpreter
 def test_dispatch_selects_triton_for_small_cpu_calls():
     args = inputs.hc_head_args(3, 48, norm=True, seed=2)
-    assert torch.equal(run_triton(args, dispatch=True), run_triton(args))
+    assert torch.equal(run_triton(hc_head, args, dispatch=True), run_triton(hc_head, args))
 
 
 @interpreter
@@ -77,11 +54,7 @@ def test_zero_tokens():
     (4, torch.ones(3), "norm_weight"),
 ])
 def test_supports_rejects_with_reason(index, value, needle):
-    args = list(inputs.hc_head_args(2, 48))
-    args[index] = value
-    reason = supports(*args)
-    assert isinstance(reason, str) and needle in reason, reason
-    assert supports(*inputs.hc_head_args(2, 48)) is None
+    assert_rejected(supports, inputs.hc_head_args(2, 48), index, value, needle)
 
 
 def test_torch_op_on_cpu_equals_reference():
@@ -92,20 +65,13 @@ def test_torch_op_on_cpu_equals_reference():
     check(args, got)
 
 
-@pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
-@pytest.mark.parametrize("T", [1, 7, 32, 333, 4096])
-@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_cases([1, 7, 32, 333, 4096], norm=True)
 def test_gpu_matches_fp64_reference(T, D, norm):
     args = inputs.hc_head_args(T, D, device="cuda", norm=norm, seed=T)
-    check(args, run_triton(args, dispatch=True))
+    check(args, run_triton(hc_head, args, dispatch=True))
 
 
-@pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_other_path_cases
 def test_gpu_other_path_matches_fp64_reference(T, path):
-    """Each implementation at sizes the dispatch gives to the other one."""
     args = inputs.hc_head_args(T, 4096, device="cuda", norm=True, seed=T + 1)
-    check(args, run_triton(args, path=path))
+    check(args, run_triton(hc_head, args, path=path))

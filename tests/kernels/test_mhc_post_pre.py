@@ -8,61 +8,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusegraph import ops, targets
-from fusegraph.kernels import _triton_common as tc
+from fusegraph import ops
 from fusegraph.kernels.mhc_post.reference import mhc_post_math
 from fusegraph.kernels.mhc_post_pre.reference import mhc_post_pre
 from fusegraph.kernels.mhc_post_pre.triton import supports
 from fusegraph.kernels.mhc_pre import inputs
 from fusegraph.kernels.mhc_pre.reference import mhc_pre_math
-from fusegraph.kernels.mhc_pre.testing import poisoned_outputs, rel_l2
+from fusegraph.kernels.mhc_pre.testing import (assert_outputs_close, gpu_cases, gpu_other_path_cases, interpreter,
+                                               rel_l2, run_provider, run_triton)
 
-interpreter = pytest.mark.skipif(not (tc.HAS_TRITON and tc.interpreting()),
-                                 reason="CPU Triton cases need TRITON_INTERPRET=1")
 TOLS = (1e-2, 1e-2, 1e-3, 1e-3)  # new_residual, layer_input (bf16); post, comb (fp32, TF32 GEMM on GPU)
-
-
-def run_provider(args: tuple, provider: str):
-    """``provider`` through torch.ops (forced with ``ops.prefer``, asserting the selection), outputs poisoned."""
-    if provider == "triton":
-        with ops.prefer({"mhc_post_pre": ["triton"]}):  # whatever the crossover table says
-            return run_triton(args, dispatch=True)
-    from fusegraph.kernels.mhc_pre import tilelang as tl_pre
-
-    if tl_pre.tilelang_missing():
-        pytest.skip(tl_pre.tilelang_missing())
-    with tl_pre.kernels().poisoned_outputs() as made, ops.prefer({"mhc_post_pre": [provider]}):
-        assert mhc_post_pre.select(targets.of_device(args[1].device), args).provider == provider
-        out = torch.ops.fusegraph.mhc_post_pre(*args)
-    assert made
-    return out
-
-
-def run_triton(args: tuple, dispatch: bool = False, **overrides):
-    """The Triton provider on NaN-poisoned outputs; ``dispatch``: through torch.ops (asserting it selects triton)."""
-    from fusegraph.kernels.mhc_pre import triton_kernels
-
-    with poisoned_outputs() as made:
-        if overrides:
-            out = triton_kernels.mhc_post_pre_forward(*args, **overrides)
-        elif dispatch:
-            assert mhc_post_pre.select(targets.of_device(args[1].device), args).provider == "triton"
-            out = torch.ops.fusegraph.mhc_post_pre(*args)
-        else:
-            out = mhc_post_pre.providers["triton"].impl(*args)
-    assert made
-    return out
 
 
 def check(args: tuple, outs: tuple) -> None:
     new_residual = outs[0]
     expected = (mhc_post_math(*args[:4], acc_dtype=torch.float64),) + mhc_pre_math(
         new_residual, *args[4:], acc_dtype=torch.float64)
-    for name, out, exp, tol in zip(("new_residual", "layer_input", "post", "comb"), outs, expected, TOLS):
-        assert out.shape == exp.shape, name
-        assert torch.isfinite(out).all(), f"{name}: unwritten (NaN) elements"
-        err = rel_l2(out, exp)
-        assert err < tol, f"{name}: rel L2 {err:.3g} >= {tol}"
+    assert_outputs_close(outs, expected, TOLS, ("new_residual", "layer_input", "post", "comb"))
     assert new_residual.dtype == outs[1].dtype == torch.bfloat16
 
 
@@ -71,7 +33,7 @@ def check(args: tuple, outs: tuple) -> None:
 @pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True)])
 def test_triton_matches_fp64_reference(T, D, norm, path):
     args = inputs.mhc_post_pre_args(T, D, norm=norm, seed=T)
-    check(args, run_triton(args, path=path))
+    check(args, run_triton(mhc_post_pre, args, path=path))
 
 
 @interpreter
@@ -79,14 +41,14 @@ def test_triton_matches_fp64_reference(T, D, norm, path):
 def test_split_remainder_and_chunked_rows(path):
     # token: 5 column blocks of 32 over 3 splits; stream: 10 k-blocks of the next pre over 3 splits
     args = inputs.mhc_post_pre_args(3, 160, norm=True, seed=2)
-    check(args, run_triton(args, n_splits=3, max_block_d=64, path=path))
+    check(args, run_triton(mhc_post_pre, args, n_splits=3, max_block_d=64, path=path))
 
 
 @interpreter
 @pytest.mark.parametrize("path", ["token", "stream"])
 def test_equals_composition_of_the_two_references(path):
     args = inputs.mhc_post_pre_args(4, 64, norm=True, seed=6)
-    outs = run_triton(args, path=path)
+    outs = run_triton(mhc_post_pre, args, path=path)
     ref = mhc_post_pre.reference(*args)
     assert rel_l2(outs[0], ref[0]) < 1e-3 and rel_l2(outs[1], ref[1]) < 1e-3
     assert rel_l2(outs[2], ref[2]) < 1e-5 and rel_l2(outs[3], ref[3]) < 1e-5
@@ -95,7 +57,7 @@ def test_equals_composition_of_the_two_references(path):
 @interpreter
 def test_dispatch_selects_triton_for_small_cpu_calls():
     args = inputs.mhc_post_pre_args(2, 48, norm=True, seed=2)
-    for a, b in zip(run_triton(args, dispatch=True), run_triton(args)):
+    for a, b in zip(run_triton(mhc_post_pre, args, dispatch=True), run_triton(mhc_post_pre, args)):
         assert torch.equal(a, b)
 
 
@@ -123,21 +85,13 @@ def test_torch_op_on_cpu_equals_reference():
     check(args, got)
 
 
-@pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
-@pytest.mark.parametrize("T", [1, 7, 32, 333, 4096])
-@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
-@pytest.mark.parametrize("provider", ["triton", "tilelang"])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_cases([1, 7, 32, 333, 4096], norm=True, providers=True)
 def test_gpu_matches_fp64_reference(T, D, norm, provider):
     args = inputs.mhc_post_pre_args(T, D, device="cuda", norm=norm, seed=T)
-    check(args, run_provider(args, provider))
+    check(args, run_provider(mhc_post_pre, args, provider))
 
 
-@pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_other_path_cases
 def test_gpu_other_path_matches_fp64_reference(T, path):
-    """Each implementation at sizes the dispatch gives to the other one."""
     args = inputs.mhc_post_pre_args(T, 4096, device="cuda", norm=True, seed=T + 1)
-    check(args, run_triton(args, path=path))
+    check(args, run_triton(mhc_post_pre, args, path=path))

@@ -9,63 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusegraph import ops, targets
-from fusegraph.kernels import _triton_common as tc
+from fusegraph import ops
 from fusegraph.kernels.mhc_pre import inputs
-from fusegraph.kernels.mhc_pre.reference import mhc_pre, mhc_pre_math
-from fusegraph.kernels.mhc_pre.testing import poisoned_outputs, rel_l2
+from fusegraph.kernels.mhc_pre.reference import mhc_pre
+from fusegraph.kernels.mhc_pre.testing import (assert_pdl_off_equals_on, check_mhc_pre, gpu_cases,
+                                               gpu_other_path_cases, gpu_test, interpreter, rel_l2,
+                                               replay_on_new_input, run_provider, run_triton)
 from fusegraph.kernels.mhc_pre.triton import supports
-
-interpreter = pytest.mark.skipif(not (tc.HAS_TRITON and tc.interpreting()),
-                                 reason="CPU Triton cases need TRITON_INTERPRET=1")
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-BF16_TOL = 1e-2  # bf16 outputs (one rounding, plus TF32 mixes on GPU)
-FP32_TOL = 1e-3  # post / comb (TF32 GEMM on GPU)
-
-
-def check_against_oracle(args: tuple, outs: tuple) -> None:
-    expected = mhc_pre_math(*args, acc_dtype=torch.float64)
-    for name, out, exp, tol in zip(("layer_input", "post", "comb"), outs, expected, (BF16_TOL, FP32_TOL, FP32_TOL)):
-        assert out.shape == exp.shape, name
-        assert torch.isfinite(out).all(), f"{name}: unwritten (NaN) elements"
-        err = rel_l2(out, exp)
-        assert err < tol, f"{name}: rel L2 {err:.3g} >= {tol}"
-    assert outs[0].dtype == torch.bfloat16 and outs[1].dtype == outs[2].dtype == torch.float32
-
-
-def run_provider(args: tuple, provider: str) -> tuple:
-    """``provider`` through torch.ops (forced with ``ops.prefer``, asserting the selection), outputs poisoned."""
-    if provider == "triton":
-        with ops.prefer({"mhc_pre": ["triton"]}):  # whatever the crossover table says
-            return run_triton(args, dispatch=True)
-    from fusegraph.kernels.mhc_pre import tilelang as tl_pre
-
-    if tl_pre.tilelang_missing():
-        pytest.skip(tl_pre.tilelang_missing())
-    with tl_pre.kernels().poisoned_outputs() as made, ops.prefer({"mhc_pre": [provider]}):
-        sel = mhc_pre.select(targets.of_device(args[0].device), args)
-        assert sel.provider == provider, sel
-        outs = torch.ops.fusegraph.mhc_pre(*args)
-    assert made, "the launcher allocated nothing: poisoning did not apply"
-    return outs
-
-
-def run_triton(args: tuple, dispatch: bool = False, **overrides) -> tuple:
-    """The Triton provider on NaN-poisoned outputs; ``dispatch``: through torch.ops (asserting it selects triton)."""
-    from fusegraph.kernels.mhc_pre import triton_kernels
-
-    with poisoned_outputs() as made:
-        if overrides:
-            outs = triton_kernels.mhc_pre_forward(*args, **overrides)
-        elif dispatch:
-            sel = mhc_pre.select(targets.of_device(args[0].device), args)
-            assert sel.provider == "triton", sel
-            outs = torch.ops.fusegraph.mhc_pre(*args)
-        else:
-            outs = mhc_pre.providers["triton"].impl(*args)
-    assert made, "the launcher allocated nothing: poisoning did not apply"
-    return outs
 
 
 # -- CPU (interpreter) ------------------------------------------------------------------------
@@ -77,7 +27,7 @@ PATHS = ["token", "stream"]  # triton_kernels.default_path: token for 2..64 toke
 @pytest.mark.parametrize("T,D,norm", [(1, 48, True), (5, 80, False), (19, 256, True), (33, 48, False)])
 def test_triton_matches_fp64_reference(T, D, norm, path):
     args = inputs.mhc_pre_args(T, D, norm=norm, seed=T)
-    check_against_oracle(args, run_triton(args, path=path))
+    check_mhc_pre(args, run_triton(mhc_pre, args, path=path))
 
 
 @interpreter
@@ -85,10 +35,10 @@ def test_triton_matches_fp64_reference(T, D, norm, path):
 def test_split_remainder_and_chunked_rows(path):
     # K = 320 -> 5 k-blocks over 3 splits (2, 2, 1); rows walked in 32-wide chunks (two-pass norm)
     args = inputs.mhc_pre_args(3, 80, norm=True, seed=7)
-    check_against_oracle(args, run_triton(args, n_splits=3, path=path))
-    check_against_oracle(args, run_triton(args, max_block_d=32, path=path))
+    check_mhc_pre(args, run_triton(mhc_pre, args, n_splits=3, path=path))
+    check_mhc_pre(args, run_triton(mhc_pre, args, max_block_d=32, path=path))
     args = inputs.mhc_pre_args(2, 80, norm=False, seed=8)
-    check_against_oracle(args, run_triton(args, n_splits=5, max_block_d=16, path=path))
+    check_mhc_pre(args, run_triton(mhc_pre, args, n_splits=5, max_block_d=16, path=path))
 
 
 @interpreter
@@ -100,11 +50,11 @@ def test_stream_path_token_blocks_and_split_chunks():
     args = inputs.mhc_pre_args(40, 64, norm=True, seed=12)  # 2 token blocks of 32, the second partial
     cfg = tk.GemmConfig(block_m=32, n_splits=3, mma="ieee")
     assert tk.finish_plan(40, 32, 3, 32, cfg.num_warps).n_chunks == 1
-    check_against_oracle(args, run_triton(args, gemm_cfg=cfg, path="stream"))
+    check_mhc_pre(args, run_triton(mhc_pre, args, gemm_cfg=cfg, path="stream"))
     tk.FINISH_REGS, saved = 1, tk.FINISH_REGS  # force one split per chunk: 3 chunks
     try:
         assert tk.finish_plan(40, 32, 3, 32, cfg.num_warps).n_chunks == 3
-        check_against_oracle(args, run_triton(args, gemm_cfg=cfg, path="stream"))
+        check_mhc_pre(args, run_triton(mhc_pre, args, gemm_cfg=cfg, path="stream"))
     finally:
         tk.FINISH_REGS = saved
 
@@ -114,9 +64,9 @@ def test_split_tickets_are_reset():
     from fusegraph.kernels.mhc_pre import triton_kernels as tk
 
     args = inputs.mhc_pre_args(20, 48, norm=True, seed=13)
-    first = run_triton(args, n_splits=3, path="stream")
+    first = run_triton(mhc_pre, args, n_splits=3, path="stream")
     assert int(tk.split_tickets(args[0].device, 1).abs().sum()) == 0, "a ticket was left non-zero"
-    second = run_triton(args, n_splits=3, path="stream")
+    second = run_triton(mhc_pre, args, n_splits=3, path="stream")
     for a, b in zip(first, second):
         assert torch.equal(a, b)  # deterministic: the splits are summed in a fixed order
 
@@ -125,7 +75,7 @@ def test_split_tickets_are_reset():
 @pytest.mark.parametrize("path", PATHS)
 def test_triton_close_to_fp32_reference(path):
     args = inputs.mhc_pre_args(4, 64, norm=True, seed=3)
-    outs = run_triton(args, path=path)
+    outs = run_triton(mhc_pre, args, path=path)
     ref = mhc_pre.reference(*args)
     # same roundings as the reference (RNE bf16 in the interpreter, fp32 GEMM): near bitwise
     assert rel_l2(outs[0], ref[0]) < 1e-3
@@ -187,8 +137,8 @@ def test_interpreter_rejects_large_cpu_calls():
 @interpreter
 def test_dispatch_selects_triton_for_small_cpu_calls():
     args = inputs.mhc_pre_args(3, 48, norm=True, seed=4)
-    via_op = run_triton(args, dispatch=True)
-    direct = run_triton(args)
+    via_op = run_triton(mhc_pre, args, dispatch=True)
+    direct = run_triton(mhc_pre, args)
     for a, b in zip(via_op, direct):
         assert torch.equal(a, b)
 
@@ -212,7 +162,7 @@ def test_torch_op_on_cpu_equals_reference():
 def test_reference_matches_fp64_and_is_fresh():
     args = inputs.mhc_pre_args(5, 64, norm=True, seed=5)
     outs = mhc_pre.reference(*args)
-    check_against_oracle(args, outs)
+    check_mhc_pre(args, outs)
     assert all(o.data_ptr() != args[0].data_ptr() for o in outs)
     # comb is doubly stochastic up to eps (column sums 1 after the final column normalization)
     assert torch.allclose(outs[2].sum(-2), torch.ones(5, 4), atol=1e-4)
@@ -228,58 +178,35 @@ def test_norm_rounding_is_the_unfused_chain():
 
 
 # -- GPU ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("D", [4096, 7168], ids=["flash", "pro"])
-@pytest.mark.parametrize("T", [1, 7, 32, 333, 4096])
-@pytest.mark.parametrize("norm", [True, False], ids=["norm", "nonorm"])
-@pytest.mark.parametrize("provider", ["triton", "tilelang"])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_cases([1, 7, 32, 333, 4096], norm=True, providers=True)
 def test_gpu_matches_fp64_reference(T, D, norm, provider):
     args = inputs.mhc_pre_args(T, D, device="cuda", norm=norm, seed=T)
-    check_against_oracle(args, run_provider(args, provider))
+    check_mhc_pre(args, run_provider(mhc_pre, args, provider))
 
 
-@pytest.mark.parametrize("T,path", [(1, "token"), (7, "stream"), (32, "stream"), (333, "token")])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_other_path_cases
 def test_gpu_other_path_matches_fp64_reference(T, path):
-    """Each implementation at sizes the dispatch gives to the other one."""
     args = inputs.mhc_pre_args(T, 4096, device="cuda", norm=True, seed=T + 1)
-    check_against_oracle(args, run_triton(args, path=path))
+    check_mhc_pre(args, run_triton(mhc_pre, args, path=path))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_gpu_stream_path_is_deterministic():
     args = inputs.mhc_pre_args(4096, 4096, device="cuda", norm=True, seed=21)
-    first = run_triton(args, dispatch=True)
+    first = run_triton(mhc_pre, args, dispatch=True)
     for _ in range(2):
-        for a, b in zip(first, run_triton(args, dispatch=True)):
+        for a, b in zip(first, run_triton(mhc_pre, args, dispatch=True)):
             assert torch.equal(a, b)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 @pytest.mark.parametrize("T", [1, 64, 300])  # stream (decode), token, stream (prepass + several blocks)
 def test_gpu_pdl_off_equals_on_and_graph_replay(monkeypatch, T):
     from fusegraph.kernels.mhc_pre import triton_kernels
 
     args = inputs.mhc_pre_args(T, 4096, device="cuda", norm=True, seed=1)
-    on = triton_kernels.mhc_pre_forward(*args)
-    monkeypatch.setenv("FUSEGRAPH_PDL", "0")
-    off = triton_kernels.mhc_pre_forward(*args)
-    monkeypatch.delenv("FUSEGRAPH_PDL")
-    for a, b in zip(on, off):
-        assert torch.equal(a, b)
+    assert_pdl_off_equals_on(triton_kernels.mhc_pre_forward, args, monkeypatch)
     # capturable: replay on new residual values written into the captured input
-    residual = args[0].clone()
-    triton_kernels.mhc_pre_forward(residual, *args[1:])
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = triton_kernels.mhc_pre_forward(residual, *args[1:])
     fresh = inputs.mhc_pre_args(T, 4096, device="cuda", norm=True, seed=2)[0]
-    residual.copy_(fresh)
-    graph.replay()
-    torch.cuda.synchronize()
-    check_against_oracle((fresh,) + args[1:], captured)
+    captured = replay_on_new_input(triton_kernels.mhc_pre_forward, args, 0, fresh)
+    check_mhc_pre((fresh,) + args[1:], captured)

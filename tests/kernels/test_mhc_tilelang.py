@@ -19,11 +19,11 @@ from fusegraph.kernels.mhc_post.reference import mhc_post
 from fusegraph.kernels.mhc_post_pre.reference import mhc_post_pre
 from fusegraph.kernels.mhc_pre import crossover, inputs
 from fusegraph.kernels.mhc_pre import tilelang as tl_pre
-from fusegraph.kernels.mhc_pre.reference import mhc_pre, mhc_pre_math
-from fusegraph.kernels.mhc_pre.testing import rel_l2
+from fusegraph.kernels.mhc_pre.reference import mhc_pre
+from fusegraph.kernels.mhc_pre.testing import (assert_pdl_off_equals_on, check_mhc_pre, gpu_test,
+                                               replay_on_new_input)
 
 H200 = "NVIDIA H200"
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _has_tilelang() -> bool:
@@ -279,18 +279,9 @@ def _tk():
     return tl_pre.kernels()
 
 
-def _check_pre(args: tuple, outs: tuple) -> None:
-    expected = mhc_pre_math(*args, acc_dtype=torch.float64)
-    for name, out, exp, tol in zip(("layer_input", "post", "comb"), outs, expected, (1e-2, 1e-3, 1e-3)):
-        assert out.shape == exp.shape, name
-        assert torch.isfinite(out).all(), f"{name}: unwritten (NaN) elements"
-        assert rel_l2(out, exp) < tol, f"{name}: rel L2 {rel_l2(out, exp):.3g}"
-
-
 @pytest.mark.parametrize("n_splits", [1, 3, 7])
 @needs_tilelang
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_gpu_split_remainders_and_padded_rows(n_splits):
     # D = 80: K = 320 -> 5 k-blocks over 3 / 7 splits (remainders, empty splits clamped), padded register row;
     # T = 45: two GEMM token blocks, the second partial
@@ -298,12 +289,11 @@ def test_gpu_split_remainders_and_padded_rows(n_splits):
     with _tk().poisoned_outputs() as made:
         outs = _tk().mhc_pre_forward(*args, n_splits=n_splits)
     assert made
-    _check_pre(args, outs)
+    check_mhc_pre(args, outs)
 
 
 @needs_tilelang
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_gpu_zero_tokens_and_fp32_norm_weight():
     for op, make in ((mhc_pre, inputs.mhc_pre_args), (mhc_post, inputs.mhc_post_args),
                      (mhc_post_pre, inputs.mhc_post_pre_args)):
@@ -312,12 +302,11 @@ def test_gpu_zero_tokens_and_fp32_norm_weight():
         assert all(o.shape[0] == 0 and o.is_cuda for o in outs)
     args = list(inputs.mhc_pre_args(5, 4096, device="cuda", norm=True, seed=3))
     args[4] = args[4].float()
-    _check_pre(tuple(args), mhc_pre.providers["tilelang"].impl(*args))
+    check_mhc_pre(tuple(args), mhc_pre.providers["tilelang"].impl(*args))
 
 
 @needs_tilelang
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_gpu_deterministic_and_default_dispatch_follows_committed_table():
     args = inputs.mhc_pre_args(4096, 4096, device="cuda", norm=True, seed=21)
     first = mhc_pre.providers["tilelang"].impl(*args)
@@ -333,28 +322,14 @@ def test_gpu_deterministic_and_default_dispatch_follows_committed_table():
 
 @pytest.mark.parametrize("T", [1, 300])
 @needs_tilelang
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@gpu_test
 def test_gpu_pdl_off_equals_on_and_graph_replay(monkeypatch, T):
     tk = _tk()
     args = inputs.mhc_post_pre_args(T, 4096, device="cuda", norm=True, seed=1)
-    on = tk.mhc_post_pre_forward(*args)
-    monkeypatch.setenv("FUSEGRAPH_PDL", "0")
-    off = tk.mhc_post_pre_forward(*args)
-    monkeypatch.delenv("FUSEGRAPH_PDL")
-    for a, b in zip(on, off):
-        assert torch.equal(a, b)
+    assert_pdl_off_equals_on(tk.mhc_post_pre_forward, args, monkeypatch)
     # capturable: replay on new residual values written into the captured input
-    residual = args[1].clone()
-    tk.mhc_post_pre_forward(args[0], residual, *args[2:])
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = tk.mhc_post_pre_forward(args[0], residual, *args[2:])
     fresh = inputs.mhc_post_pre_args(T, 4096, device="cuda", norm=True, seed=2)[1]
-    residual.copy_(fresh)
-    graph.replay()
-    torch.cuda.synchronize()
+    captured = replay_on_new_input(tk.mhc_post_pre_forward, args, 1, fresh)
     expected = tk.mhc_post_pre_forward(args[0], fresh, *args[2:])
     for a, b in zip(captured, expected):
         assert torch.equal(a, b)

@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_batch.sh TESTS|BENCH [args...]   (writes logs and JSON under $OUT)
 #   bash benchmarks/gpu_batch.sh TILELANG                 (issue #6: carry .gpu; ~4 min; 7 files under $OUT)
 #   bash benchmarks/gpu_batch.sh E2E [e2e args...]        (issue #7: <= 8 min; e2e.json/.md/.png|.svg/.log under $OUT)
-#   bash benchmarks/gpu_batch.sh WRITERS                  (issue #6, CUDA KV writers: ~2 min; writers*.{log,xml,json} under $OUT)
+#   bash benchmarks/gpu_batch.sh WRITERS [bench args]     (issue #6, CUDA KV writers: ~2.5 min; writers*.{log,xml,json} under $OUT)
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -44,18 +44,23 @@ case "$what" in
     if grep -q '^Per layer' "$OUT/e2e.log"; then grep -v '^[EWI][0-9]\{4\} ' "$OUT/e2e.log" | grep -A400 '^Per layer' | head -150
     else grep -v '^[EWI][0-9]\{4\} ' "$OUT/e2e.log" | tail -60; fi ;;
   WRITERS)
-    # CUDA KV writers (issue #6), <= 2.5 min: build the writers' shared JIT extension once (cached on disk
-    # for the two processes after it), run the writers' GPU tests (Triton and CUDA, both copies, every
-    # task shape, bytes against the reference), then time Triton vs CUDA vector vs CUDA bulk at 1..16384
-    # rows under CUDA-graph replay: % of copy bandwidth and the DISPATCH line each op's cuda.py should get.
-    ( time timeout "${BUILD_TIMEOUT:-90}" python3 -c "import torch; from fusegraph.kernels import _kv_writers as kw; \
+    # CUDA KV writers (issue #6), ~2.5 min: build the writers' shared JIT extension once (cached on disk
+    # for the two processes after it), run the writers' GPU tests (Triton and CUDA, every instantiated
+    # task shape / cache hint / grid, bytes against the reference), then the benchmark: Triton vs CUDA
+    # defaults at 1..16384 rows, the launch-variant sweep at 16384 (and a subset at 4096), a same-size
+    # copy per (op, rows), a confirmation round; % of copy bandwidth and the DISPATCH / PROGRAMS lines
+    # to paste (the summary at the end of writers.log). BENCH_BUDGET caps the benchmark's cases; extra
+    # arguments go to the benchmark (e.g. --exclude cuda_tma).
+    ( time timeout "${BUILD_TIMEOUT:-100}" python3 -c "import torch; from fusegraph.kernels import _kv_writers as kw; \
 kw.jit.load(kw.SPEC, torch.device('cuda')); d = torch.device('cuda'); print('kv_writers extension built:', kw.jit.build_dir(kw.SPEC, *kw.jit.arch_of(d)))" ) \
       > "$OUT/writers_build.log" 2>&1
     tail -4 "$OUT/writers_build.log"
-    timeout "${TEST_TIMEOUT:-75}" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
+    timeout "${TEST_TIMEOUT:-90}" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" \
       tests/kernels/test_cuda_writers.py tests/kernels/test_set_mla_kv_buffer.py tests/kernels/test_store_fp8_paged.py \
       --junitxml="$OUT/writers_tests.xml" 2>&1 | tee "$OUT/writers_tests.log" | tail -25
-    timeout "${BENCH_TIMEOUT:-60}" python3 -m benchmarks.ops_hopper --out "$OUT/writers.json" 2>&1 \
-      | tee "$OUT/writers.log" | tail -45 ;;
+    timeout -k 10 "${BENCH_TIMEOUT:-85}" python3 -m benchmarks.ops_hopper --budget-s "${BENCH_BUDGET:-60}" \
+      --out "$OUT/writers.json" "$@" > "$OUT/writers.log" 2> "$OUT/writers_progress.log"
+    echo "benchmark exit $?"; tail -3 "$OUT/writers_progress.log"
+    sed -n '/^copy bandwidth (2 GiB/,$p' "$OUT/writers.log" ;;
   *) echo "usage: gpu_batch.sh TESTS|BENCH|TILELANG|E2E|WRITERS ..."; exit 2 ;;
 esac

@@ -1,19 +1,25 @@
-"""CUDA provider of set_mla_kv_buffer (Hopper/Blackwell): a persistent warp copy, PDL, JIT-built.
+"""CUDA provider of set_mla_kv_buffer (Hopper/Blackwell): a warp row copy, PDL, JIT-built.
 
 The kernel is in ``set_mla_kv_buffer.cu`` (plain CUDA, comments there; the parts it shares with
-the FP8 paged store are in ``kernels/_cuda/kv_writer.cuh`` and ``kernels/_kv_writers.py``): a
-persistent grid of warps, each loading the rows of its task (1 to 4 rows, 16-byte vectors) and
-their slots before storing, written either straight from registers (``"vector"``) or staged in
-shared memory and written with one ``cp.async.bulk.global.shared::cta`` per row (``"bulk"``).
+the FP8 paged store are in ``kernels/_cuda/kv_writer.cuh`` and ``kernels/_kv_writers.py``): warps
+each load the rows of their task (1, 2, 4 or 8 rows, 16-byte vectors) and the rows' slots before
+storing, written either straight from registers (``"vector"``, with a cache hint) or staged in
+shared memory and written with one ``cp.async.bulk.global.shared::cta`` per row (``"bulk"``), or
+with no registers at all: bulk copies global -> shared on an mbarrier, then shared -> global
+(``"tma"``; rows of 16-byte parts, else the vector copy runs); the grid is persistent or one warp
+per task. How a call is launched is a ``kernels._kv_writers.Variant``.
 
 Dispatch: ``DISPATCH`` (one line, below) says which writer runs from which row count, from the
 H200 measurement it cites (``benchmarks/ops_hopper.py``); where it says Triton, the ``measured``
-gate declines the call and the Triton provider runs. ``FUSEGRAPH_CUDA_COPY=vector|bulk`` forces a
-copy. ``supports_args`` leaves to Triton what the kernel does not take (the issue's rules): a row
-width not a multiple of 16 bytes, a part width not a multiple of 4, rows wider than 4 KB, a buffer
-whose rows do not start on 16-byte boundaries, inputs whose rows do not start on 4-byte ones.
+gate declines the call and the Triton provider runs. ``FUSEGRAPH_CUDA_COPY=<variant spec>`` forces
+a variant. ``supports_args`` leaves to Triton what the kernel does not take (the issue's rules): a
+row width not a multiple of 16 bytes, a part width not a multiple of 4, rows wider than 4 KB, a
+buffer whose rows do not start on 16-byte boundaries, inputs whose rows do not start on 4-byte ones
+(or lie more than 64 MB apart).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -23,15 +29,16 @@ from fusegraph.kernels.set_mla_kv_buffer.reference import check_args, set_mla_kv
 
 # Which writer from which row count. Source: H200, 2026-11-21, the previous one-warp-per-row kernels
 # (benchmarks/results/ops_hopper_writers_h200_97af41c.log): Triton was faster at every row count.
-# Re-measure the persistent kernels with `bash benchmarks/gpu_batch.sh WRITERS` and update this line.
+# Writers are variant specs (kernels/_kv_writers.Variant); `bash benchmarks/gpu_batch.sh WRITERS` measures
+# them and prints the line to paste here.
 DISPATCH = kw.Dispatch(((0, "triton"),), source="H200 2026-11-21, benchmarks/results/writers_h200_2026-11-21.log: "
                        "Triton fastest at 1..16384 rows (16384: 12.4 vs vector 13.5, bulk 13.9 us)")
 
 PRIORITY = DISPATCH.priority()
 COPY_ENV, VARIANTS, TARGETS = kw.COPY_ENV, kw.VARIANTS, kw.TARGETS
-MAX_ROW_BYTES = 4096              # the .cu's kMaxRowBytes (bulk staging of a one-row task)
-MAX_TASK_VECTORS = 32 * 9         # the .cu's 32 * kChunk: vectors of a several-row task
-MAX_SLOT_BYTES = 4608             # the .cu's kMaxSlotBytes (bulk staging a warp)
+MAX_ROW_BYTES = 4096              # the .cu's kMaxRowBytes (the widest staged row)
+CHUNK = {1: 3, 2: 5, 4: 9, 8: 18}  # the .cu's chunk_of: vectors a lane loads per pass, by rows a task
+MAX_INPUT_STRIDE = 1 << 26        # the .cu's kMaxInputStride (32-bit offsets inside a task)
 BULK_ALIGN, PART_ALIGN = 16, 4
 
 
@@ -59,17 +66,13 @@ def vector_bytes(kv_buffer, k_nope, k_rope) -> int:
     raise ValueError("rows are not 4-byte aligned (supports_args should have refused them)")
 
 
-def max_rows_per_task(row_bytes: int, vec: int, variant: str) -> int:
-    """Most rows a warp task may take: several only with 16-byte vectors, within one pass of the
-    warp (288 vectors) and, for the bulk copy, within the warp's staging slot."""
+def max_rows_per_task(row_bytes: int, vec: int) -> int:
+    """Most rows a warp task may take: several only with 16-byte vectors and within one pass of the
+    warp (``rows * vectors a row <= 32 * CHUNK[rows]``: a DSV4 row of 72 vectors fits 8). (A bulk
+    copy's staging limit is :func:`kernels._kv_writers.plan`'s.)"""
     if vec != 16:
         return 1
-    for rows in kw.TASK_ROWS:
-        fits_pass = rows * (row_bytes // vec) <= MAX_TASK_VECTORS
-        fits_slot = variant != "bulk" or rows * row_bytes <= MAX_SLOT_BYTES
-        if rows == 1 or (fits_pass and fits_slot):
-            return rows
-    return 1
+    return next(rows for rows in kw.TASK_ROWS if rows == 1 or rows * (row_bytes // vec) <= 32 * CHUNK[rows])
 
 
 def alignment_reason(kv_buffer, k_nope, k_rope) -> str | None:
@@ -88,6 +91,8 @@ def alignment_reason(kv_buffer, k_nope, k_rope) -> str | None:
     for name, t, _ in _parts(kv_buffer, k_nope, k_rope):
         if (t.stride(0) * item) % PART_ALIGN or not jit.aligned(t, PART_ALIGN):
             return f"{name} rows do not start on {PART_ALIGN}-byte boundaries"
+        if not 0 <= t.stride(0) * item <= MAX_INPUT_STRIDE:
+            return f"{name} rows lie more than {MAX_INPUT_STRIDE >> 20} MB apart"
     return None
 
 
@@ -111,24 +116,25 @@ def _measured(kv_buffer, loc, k_nope, k_rope) -> str | None:
     return kw.measured_reason(DISPATCH, loc.shape[0])
 
 
-def copy_variant(rows: int) -> str:
-    """The copy a launch of ``rows`` rows uses (``DISPATCH``; ``FUSEGRAPH_CUDA_COPY`` overrides)."""
+def copy_variant(rows: int) -> kw.Variant:
+    """The variant a launch of ``rows`` rows uses (``DISPATCH``; ``FUSEGRAPH_CUDA_COPY`` overrides)."""
     return kw.copy_variant(DISPATCH, rows)
 
 
-def launch(kv_buffer, loc, k_nope, k_rope, variant: str | None = None, rows_per_task: int | None = None) -> None:
-    """Run the CUDA writer (``variant``: "vector" or "bulk", default :func:`copy_variant`;
-    ``rows_per_task``: 1, 2 or 4, default :func:`kernels._kv_writers.plan`'s choice)."""
+def launch(kv_buffer, loc, k_nope, k_rope, variant: "str | kw.Variant | None" = None) -> None:
+    """Run the CUDA writer (``variant``: a ``kernels._kv_writers.Variant`` or its spec, e.g.
+    ``"vector/r4/w4/flat"``; default :func:`copy_variant`; what it leaves out, ``kw.plan`` picks)."""
     rows = loc.shape[0]
-    variant = variant or copy_variant(rows)
-    module = kw.extension(kv_buffer.device, variant)
+    module, chosen = kw.resolve(DISPATCH, kv_buffer.device, rows, variant)
     if rows == 0:
         return
     vec = vector_bytes(kv_buffer, k_nope, k_rope)
     row_bytes = kv_buffer.shape[1] * kv_buffer.element_size()
-    p = kw.plan(rows, kw.num_sms(kv_buffer.device), max_rows_per_task(row_bytes, vec, variant), rows_per_task)
-    module.set_mla_kv_buffer(kv_buffer, loc, k_nope, k_rope, vec, p.rows_per_task, variant == "bulk", p.warps,
-                             jit.pdl_enabled(kv_buffer.device))
+    if vec != 16 and chosen.copy == "tma":  # bulk loads need 16-byte parts: the vector copy runs
+        chosen = dataclasses.replace(chosen, copy="vector")
+    p = kw.plan(rows, kw.num_sms(kv_buffer.device), max_rows_per_task(row_bytes, vec), chosen, row_bytes,
+                hints=kw.HINTS if vec == 16 else ("nc",))  # 4-byte vectors: instantiated with nc only
+    module.set_mla_kv_buffer(kv_buffer, loc, k_nope, k_rope, vec, *p.args(jit.pdl_enabled(kv_buffer.device)))
 
 
 @set_mla_kv_buffer.provider("cuda", targets=TARGETS, priority=PRIORITY, available=available,

@@ -1,20 +1,23 @@
-"""CUDA provider of store_fp8_paged (Hopper/Blackwell): quantize in registers, persistent warps, PDL.
+"""CUDA provider of store_fp8_paged (Hopper/Blackwell): quantize in registers, warp tasks, PDL.
 
 The kernel (``store_fp8_paged.cu``, comments there; the parts it shares with set_mla_kv_buffer are
 in ``kernels/_cuda/kv_writer.cuh`` and ``kernels/_kv_writers.py``) has each warp load the 448 nope
-and 64 rope bf16 values of 1 to 4 tokens and their slots, then quantize each token's nope tiles to
+and 64 rope bf16 values of 1, 2, 4 or 8 tokens and their slots, then quantize each token's nope tiles to
 e4m3 with ue8m0 scales in registers (the exact rule of ``kernels/_fp8.py``, bit-identical to the
 reference) while the later tokens' loads are in flight, and write the 576-byte row (448 FP8 bytes
 + 64 bf16 rope) either straight from the lanes (``"vector"``) or staged in shared memory and
 written with one ``cp.async.bulk.global.shared::cta`` (``"bulk"``, sm90+); the 8 scale bytes (not
-16-byte aligned) go with one plain 8-byte store. Slots ``loc < 0`` are skipped.
+16-byte aligned) go with one 8-byte store. Slots ``loc < 0`` are skipped. The grid (persistent or
+one warp per task), rows per task, CTA size and cache hint are a ``kernels._kv_writers.Variant``.
 
 Dispatch: ``DISPATCH`` (one line, below) from the measurement it cites; ``FUSEGRAPH_CUDA_COPY``
-forces a copy (see ``kernels/_kv_writers.py``). ``supports_args`` leaves to Triton what the kernel
+forces a variant (see ``kernels/_kv_writers.py``). ``supports_args`` leaves to Triton what the kernel
 does not take: other dtypes or widths, rows or pages not 16-byte aligned, ``quant_eps`` below 1e-30
 (the scale would leave the fp32 normal range).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -26,7 +29,8 @@ from fusegraph.kernels.store_fp8_paged.reference import check_args, store_fp8_pa
 # Which writer from which row count. Source: H200, 2026-11-21, the previous one-warp-per-token kernel
 # (benchmarks/results/ops_hopper_writers_h200_97af41c.log): its vector copy took 4.17 / 11.84 us at
 # 4096 / 16384 rows vs Triton's 6.88 / 22.18 us, at 128 rows 1.67 vs 1.57 us; bulk never won.
-# Re-measure the persistent kernels with `bash benchmarks/gpu_batch.sh WRITERS` and update this line.
+# Writers are variant specs (kernels/_kv_writers.Variant); `bash benchmarks/gpu_batch.sh WRITERS` measures
+# them and prints the line to paste here.
 DISPATCH = kw.Dispatch(((0, "vector"),), source="H200 2026-11-21, benchmarks/results/writers_h200_2026-11-21.log: "
                        "vector faster than Triton at 1..16384 rows (16384: 11.0 vs 21.5 us)")
 
@@ -34,7 +38,8 @@ PRIORITY = DISPATCH.priority()
 COPY_ENV, VARIANTS, TARGETS = kw.COPY_ENV, kw.VARIANTS, kw.TARGETS
 MIN_QUANT_EPS = 1e-30
 ALIGN = 16
-MAX_ROWS_PER_TASK = 4
+MAX_ROWS_PER_TASK = 8
+ROW_BYTES = 576  # a token's staged row (bulk copy)
 
 
 def available() -> str | None:
@@ -67,23 +72,24 @@ def _measured(cache, loc, k_nope, k_rope, page_size: int, quant_eps: float) -> s
     return kw.measured_reason(DISPATCH, loc.shape[0])
 
 
-def copy_variant(rows: int) -> str:
-    """The copy a launch of ``rows`` rows uses (``DISPATCH``; ``FUSEGRAPH_CUDA_COPY`` overrides)."""
+def copy_variant(rows: int) -> kw.Variant:
+    """The variant a launch of ``rows`` rows uses (``DISPATCH``; ``FUSEGRAPH_CUDA_COPY`` overrides)."""
     return kw.copy_variant(DISPATCH, rows)
 
 
-def launch(cache, loc, k_nope, k_rope, page_size: int, quant_eps: float, variant: str | None = None,
-           rows_per_task: int | None = None) -> None:
-    """Run the CUDA writer (``variant``: "vector" or "bulk", default :func:`copy_variant`;
-    ``rows_per_task``: 1, 2 or 4, default :func:`kernels._kv_writers.plan`'s choice)."""
+def launch(cache, loc, k_nope, k_rope, page_size: int, quant_eps: float,
+           variant: "str | kw.Variant | None" = None) -> None:
+    """Run the CUDA writer (``variant``: a ``kernels._kv_writers.Variant`` or its spec, e.g.
+    ``"vector/r8/w4/flat"``; default :func:`copy_variant`; what it leaves out, ``kw.plan`` picks)."""
     rows = loc.shape[0]
-    variant = variant or copy_variant(rows)
-    module = kw.extension(cache.device, variant)
+    module, chosen = kw.resolve(DISPATCH, cache.device, rows, variant)
     if rows == 0:
         return
-    p = kw.plan(rows, kw.num_sms(cache.device), MAX_ROWS_PER_TASK, rows_per_task)
-    module.store_fp8_paged(cache, loc, k_nope, k_rope, int(page_size), float(quant_eps), p.rows_per_task,
-                           variant == "bulk", p.warps, jit.pdl_enabled(cache.device))
+    if chosen.copy == "tma":  # rows are quantized in registers: no tma copy, the vector copy runs
+        chosen = dataclasses.replace(chosen, copy="vector")
+    p = kw.plan(rows, kw.num_sms(cache.device), MAX_ROWS_PER_TASK, chosen, ROW_BYTES)
+    module.store_fp8_paged(cache, loc, k_nope, k_rope, int(page_size), float(quant_eps),
+                           *p.args(jit.pdl_enabled(cache.device)))
 
 
 @store_fp8_paged.provider("cuda", targets=TARGETS, priority=PRIORITY, available=available,

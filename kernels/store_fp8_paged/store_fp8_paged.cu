@@ -3,8 +3,9 @@
 // page * page_stride + row * 576, the 7 scale bytes + 1 zero pad at page * page_stride + P * 576 + row * 8.
 // Slots loc < 0 are padding: nothing of the cache is touched for them.
 //
-// Work split (shared with set_mla_kv_buffer.cu, see kv_writer.cuh): a persistent grid of warps walks
-// tasks of kRows consecutive tokens. For each token of its task, lane l loads two 16-byte vectors
+// Work split (shared with set_mla_kv_buffer.cu, see kv_writer.cuh): warps (a persistent grid, or one
+// warp per task) walk tasks of kRows = 1, 2, 4 or 8 consecutive tokens. For each token of its task,
+// lane l loads two 16-byte vectors
 // (8 bf16 each):
 //   a = nope vector l        (channels 8l .. 8l+7: tiles 0..3, eight lanes per tile)
 //   b = nope vector 32 + l   for l < 24 (tiles 4..6), rope vector l - 24 for l >= 24
@@ -17,11 +18,12 @@
 // the reference's clamp to +-448; bit-identical to torch's float8_e4m3fn cast for finite inputs).
 //
 // The 576-byte row is written either straight from the lanes (kBulk = false: 8-byte FP8 stores and
-// 16-byte rope stores, each a coalesced 256- or 128-byte warp access), or (kBulk = true, sm90+)
+// 16-byte rope stores, each a coalesced 256- or 128-byte warp access, with the cache hint kHint that
+// the loads use too), or (kBulk = true, sm90+)
 // staged in the warp's shared-memory slot and written by lane r with one cp.async.bulk per token
 // (576 = 36 * 16 bytes; fence.proxy.async before it, wait_group.read before the slot is reused,
 // wait_group 0 before exit). The 8 scale bytes are not 16-byte aligned: lane 0 writes them with one
-// plain 8-byte store.
+// 8-byte store.
 #include <cuda_fp8.h>
 
 #include "kv_writer.cuh"
@@ -35,27 +37,29 @@ constexpr int kRowBytes = 576;    // 448 e4m3 + 64 bf16
 constexpr int kScaleBytes = 8;    // 7 ue8m0 + 1 pad
 
 struct Params {
+  RowsIn in;                  // bf16 k_nope [rows, 448], k_rope [rows, 64], slots
   unsigned char* cache;       // uint8 [pages, page_stride]
-  const void* loc;            // int32 or int64 [rows]
-  const unsigned char* nope;  // bf16 [rows, 448], bytes
-  const unsigned char* rope;  // bf16 [rows, 64], bytes
-  int64_t rows;
-  int64_t nope_stride;        // bytes between k_nope rows
-  int64_t rope_stride;        // bytes between k_rope rows
   int64_t page_stride;        // bytes between pages
   int64_t page_size;          // tokens per page (P)
   int page_shift;             // log2(P) when P is a power of two, else -1
   float quant_eps;
 };
 
-// 8 bf16 (one 16-byte vector, little-endian pairs) as fp32
-__device__ __forceinline__ void unpack_bf16x8(const uint4& v, float (&x)[8]) {
+// bf16 value 2k (lo) and 2k + 1 (hi) of a 16-byte vector of 8 (little-endian pairs), as fp32. The
+// kernel unpacks a vector where it uses it (amax, then the conversion) instead of holding 8 floats:
+// fewer live registers while the other rows' loads are in flight.
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ float amax8(const uint4& v) {  // max |x| over the 8 values, in channel order
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  float m = 0.0f;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    x[2 * k] = __uint_as_float(w[k] << 16);
-    x[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    m = fmaxf(m, fabsf(bf16_lo(w[k])));
+    m = fmaxf(m, fabsf(bf16_hi(w[k])));
   }
+  return m;
 }
 
 // ceil(log2(fl(amax / 448))) for a positive normal fp32 amax, the reference's rule, without the
@@ -75,13 +79,14 @@ __device__ __forceinline__ float pow2(int e) { return __uint_as_float(static_cas
 // 8 values scaled by 2^-e, rounded to e4m3 (RNE): 8 bytes, channel order. The reference's clamp to
 // +-448 is the conversion's saturation (satfinite: beyond 448 -> 448; and with 2^e >= amax / 448 no
 // finite value gets there).
-__device__ __forceinline__ uint2 quantize8(const float (&x)[8], int e) {
+__device__ __forceinline__ uint2 quantize8(const uint4& v, int e) {
   const float inv_scale = pow2(-e);  // exact: multiplying by it equals dividing by the scale
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
   uint32_t packed[2] = {0u, 0u};
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const float lo = x[2 * k] * inv_scale;
-    const float hi = x[2 * k + 1] * inv_scale;
+    const float lo = bf16_lo(w[k]) * inv_scale;
+    const float hi = bf16_hi(w[k]) * inv_scale;
     const __nv_fp8x2_storage_t pair = __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
     packed[k / 2] |= static_cast<uint32_t>(pair) << (16 * (k % 2));  // .x = lo byte, .y = hi byte
   }
@@ -104,22 +109,13 @@ struct QuantizedToken {
 
 __device__ __forceinline__ QuantizedToken quantize_token(const uint4& a, const uint4& b, bool b_is_nope,
                                                          float quant_eps) {
-  float xa[8], xb[8];
-  unpack_bf16x8(a, xa);
-  unpack_bf16x8(b, xb);
-  float amax_a = 0.0f, amax_b = 0.0f;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    amax_a = fmaxf(amax_a, fabsf(xa[k]));
-    amax_b = fmaxf(amax_b, fabsf(xb[k]));
-  }
-  amax_a = group8_max(amax_a);                     // tiles 0..3
-  amax_b = group8_max(b_is_nope ? amax_b : 0.0f);  // tiles 4..6 (lanes 24..31: rope, unused)
+  const float amax_a = group8_max(amax8(a));                     // tiles 0..3
+  const float amax_b = group8_max(b_is_nope ? amax8(b) : 0.0f);  // tiles 4..6 (lanes 24..31: rope, unused)
   const int e_a = ue8m0_exponent(fmaxf(amax_a, quant_eps));
   const int e_b = ue8m0_exponent(fmaxf(amax_b, quant_eps));
   QuantizedToken t;
-  t.q_a = quantize8(xa, e_a);
-  t.q_b = quantize8(xb, e_b);
+  t.q_a = quantize8(a, e_a);
+  t.q_b = quantize8(b, e_b);
   // scale bytes: tile t's exponent lives in lane 8t (t < 4: e_a; t >= 4: e_b of lane 8(t-4))
   uint32_t lo = 0u, hi = 0u;
 #pragma unroll
@@ -147,30 +143,25 @@ __device__ __forceinline__ void split_slot(int64_t s, int64_t page_size, int pag
   }
 }
 
-template <int kRows, bool kBulk, typename Loc>
-__global__ void __launch_bounds__(32 * kMaxWarpsPerCta, 3) store_fp8_kernel(const __grid_constant__ Params p) {
+template <int kRows, int kHint, bool kBulk>
+__global__ void __launch_bounds__(32 * kMaxWarpsPerCta, kMinCtas(kRows, kBulk))
+store_fp8_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int warps = blockDim.x >> 5;
   const bool b_is_nope = lane < 24;
-  unsigned char* slot = smem + warp * kRows * kRowBytes;  // this warp's staging rows (kBulk)
+  const int rows = static_cast<int>(p.in.rows);  // < 2^30 (the launcher checks)
+  unsigned char* stage = warp_stage(smem, kRows * kRowBytes);  // this warp's staging rows (kBulk)
 
-  pdl_wait();
-  pdl_launch_dependents();
-  const int64_t tasks = (p.rows + kRows - 1) / kRows;
-  for (int64_t task = static_cast<int64_t>(blockIdx.x) * warps + warp; task < tasks;
-       task += static_cast<int64_t>(gridDim.x) * warps) {
-    const int64_t row0 = task * kRows;
-    const int64_t my_slot = lane < kRows && row0 + lane < p.rows ? load_slot<Loc>(p.loc, row0 + lane) : -1;
+  for_each_task<kRows>(rows, [&](const int row0) {
+    const int64_t my_slot = load_slot_if(lane < kRows && row0 + lane < rows, p.in, row0 + lane);
     uint4 a[kRows], b[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      if (row0 + r < p.rows) {  // uniform over the warp
-        const unsigned char* nope = p.nope + (row0 + r) * p.nope_stride;
-        const unsigned char* rope = p.rope + (row0 + r) * p.rope_stride;
-        a[r] = load_stream<16>(nope + 16 * lane);
-        b[r] = b_is_nope ? load_stream<16>(nope + 16 * (32 + lane)) : load_stream<16>(rope + 16 * (lane - 24));
+      if (row0 + r < rows) {  // uniform over the warp
+        const unsigned char* nope = p.in.nope + (row0 + r) * p.in.nope_stride;
+        const unsigned char* rope = p.in.rope + (row0 + r) * p.in.rope_stride;
+        a[r] = load_vec<16, kHint>(nope + 16 * lane);
+        b[r] = load_vec<16, kHint>(b_is_nope ? nope + 16 * (32 + lane) : rope + 16 * (lane - 24));
       }
     }
     if (kBulk) {  // my previous copies have read the slot before anyone rewrites it
@@ -185,16 +176,24 @@ __global__ void __launch_bounds__(32 * kMaxWarpsPerCta, 3) store_fp8_kernel(cons
       int64_t page, in_page;
       split_slot(s, p.page_size, p.page_shift, &page, &in_page);
       unsigned char* page_base = p.cache + page * p.page_stride;
-      unsigned char* out = kBulk ? slot + r * kRowBytes : page_base + in_page * kRowBytes;
-      reinterpret_cast<uint2*>(out)[lane] = t.q_a;
-      if (b_is_nope) {
-        reinterpret_cast<uint2*>(out)[32 + lane] = t.q_b;
+      if (kBulk) {
+        unsigned char* out = stage + r * kRowBytes;
+        reinterpret_cast<uint2*>(out)[lane] = t.q_a;
+        if (b_is_nope) {
+          reinterpret_cast<uint2*>(out)[32 + lane] = t.q_b;
+        } else {
+          reinterpret_cast<uint4*>(out + kNope)[lane - 24] = b[r];  // rope bf16, bytes as loaded
+        }
       } else {
-        reinterpret_cast<uint4*>(out + kNope)[lane - 24] = b[r];  // rope bf16, bytes as loaded
+        unsigned char* out = page_base + in_page * kRowBytes;
+        store_vec<8, kHint>(out + 8 * lane, t.q_a);
+        if (b_is_nope) {
+          store_vec<8, kHint>(out + 8 * (32 + lane), t.q_b);
+        } else {
+          store_vec<16, kHint>(out + kNope + 16 * (lane - 24), b[r]);  // rope bf16, bytes as loaded
+        }
       }
-      if (lane == 0) {
-        *reinterpret_cast<uint2*>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes) = t.scales;
-      }
+      if (lane == 0) store_vec<8, kHint>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes, t.scales);
     }
     if (kBulk) {
       fence_proxy_async();  // every writer: its shared-memory stores become visible to the async proxy
@@ -202,60 +201,37 @@ __global__ void __launch_bounds__(32 * kMaxWarpsPerCta, 3) store_fp8_kernel(cons
       if (lane < kRows && my_slot >= 0) {
         int64_t page, in_page;
         split_slot(my_slot, p.page_size, p.page_shift, &page, &in_page);
-        bulk_store(p.cache + page * p.page_stride + in_page * kRowBytes, slot + lane * kRowBytes, kRowBytes);
+        bulk_store(p.cache + page * p.page_stride + in_page * kRowBytes, stage + lane * kRowBytes, kRowBytes);
       }
     }
-  }
+  });
   if (kBulk && lane < kRows) bulk_wait_all();
-}
-
-template <int kRows, bool kBulk>
-cudaError_t launch_rows(const Params& p, bool loc_is_64, int warps, bool pdl, cudaStream_t stream) {
-  const int64_t tasks = (p.rows + kRows - 1) / kRows;
-  const size_t smem = kBulk ? static_cast<size_t>(warps) * kRows * kRowBytes : 0;
-  return loc_is_64 ? launch_persistent(store_fp8_kernel<kRows, kBulk, int64_t>, p, tasks, warps, smem, pdl, stream)
-                   : launch_persistent(store_fp8_kernel<kRows, kBulk, int32_t>, p, tasks, warps, smem, pdl, stream);
-}
-
-template <bool kBulk>
-cudaError_t launch_copy(const Params& p, bool loc_is_64, int rows_per_task, int warps, bool pdl, cudaStream_t stream) {
-  switch (rows_per_task) {
-    case 4: return launch_rows<4, kBulk>(p, loc_is_64, warps, pdl, stream);
-    case 2: return launch_rows<2, kBulk>(p, loc_is_64, warps, pdl, stream);
-    default: return launch_rows<1, kBulk>(p, loc_is_64, warps, pdl, stream);
-  }
 }
 
 }  // namespace fg_store_fp8
 
-// Host launcher (called by the torch binding). Returns cudaErrorInvalidValue for arguments the
-// kernel does not take; the Python provider checks the same rules first and falls back to Triton.
-cudaError_t fg_store_fp8_paged(void* cache, const void* loc, bool loc_is_64, const void* nope, const void* rope,
-                               int64_t rows, int64_t nope_stride, int64_t rope_stride, int64_t page_stride,
-                               int64_t page_size, float quant_eps, int rows_per_task, bool bulk, int warps, bool pdl,
-                               cudaStream_t stream) {
+// Host launcher (called by the torch binding), instantiated for every task shape of
+// fg_kv::with_task_shape (1, 2, 4, 8 rows x vector copy with each cache hint, bulk copy; no tma copy,
+// the rows are quantized in registers). Returns
+// cudaErrorInvalidValue for arguments the kernel does not take; the Python provider checks the same
+// rules first and falls back to Triton.
+cudaError_t fg_store_fp8_paged(const fg_kv::RowsIn& in, void* cache, int64_t page_stride, int64_t page_size,
+                               float quant_eps, const fg_kv::Plan& plan, cudaStream_t stream) {
   using namespace fg_store_fp8;
-  if (rows <= 0) return cudaSuccess;
+  if (in.rows <= 0) return cudaSuccess;
   if (page_size <= 0 || page_size > 0x7fffffff || !(quant_eps >= 1e-30f)) return cudaErrorInvalidValue;
-  if (rows_per_task != 1 && rows_per_task != 2 && rows_per_task != 4) return cudaErrorInvalidValue;
-  if (nope_stride % 16 || rope_stride % 16 || page_stride % 16 || !aligned(nope, 16) || !aligned(rope, 16) ||
-      !aligned(cache, 16) || page_stride < page_size * (kRowBytes + kScaleBytes))
+  if (!rows_valid(in, kNope * 2, 64 * 2, 16) || page_stride % 16 || !aligned(cache, 16) ||
+      page_stride < page_size * (kRowBytes + kScaleBytes) || !plan_valid(plan))
     return cudaErrorInvalidValue;
-  Params p;
-  p.cache = static_cast<unsigned char*>(cache);
-  p.loc = loc;
-  p.nope = static_cast<const unsigned char*>(nope);
-  p.rope = static_cast<const unsigned char*>(rope);
-  p.rows = rows;
-  p.nope_stride = nope_stride;
-  p.rope_stride = rope_stride;
-  p.page_stride = page_stride;
-  p.page_size = page_size;
-  p.page_shift = -1;
+  int page_shift = -1;
   for (int shift = 0; shift < 31; ++shift) {
-    if ((int64_t{1} << shift) == page_size) p.page_shift = shift;
+    if ((int64_t{1} << shift) == page_size) page_shift = shift;
   }
-  p.quant_eps = quant_eps;
-  return bulk ? launch_copy<true>(p, loc_is_64, rows_per_task, warps, pdl, stream)
-              : launch_copy<false>(p, loc_is_64, rows_per_task, warps, pdl, stream);
+  const Params p{in, static_cast<unsigned char*>(cache), page_stride, page_size, page_shift, quant_eps};
+  const size_t smem = plan.copy == kCopyBulk ? static_cast<size_t>(plan.warps) * plan.rows_per_task * kRowBytes : 0;
+  return with_task_shape(plan, [&](auto rows, auto hint, auto copy) {  // no tma copy: quantized in registers
+    constexpr int kRows = decltype(rows)::value;
+    return launch_tasks(store_fp8_kernel<kRows, decltype(hint)::value, decltype(copy)::value == kCopyBulk>, p,
+                        (in.rows + kRows - 1) / kRows, plan, smem, stream);
+  });
 }

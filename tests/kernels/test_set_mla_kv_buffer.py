@@ -1,11 +1,14 @@
 """set_mla_kv_buffer: the Triton scatter against the reference on poisoned buffers of several dtypes.
 
 Bytes are compared exactly: the kernel only moves bits. Rows the op does not address (negative
-slots, other slots) must keep their random poison.
+slots, other slots) must keep their random poison. Every program shape the writers benchmark sweeps
+(``benchmarks/ops_hopper.TRITON_SWEEP``: rows, warps, streaming hints, early PDL trigger) is checked
+too (a few under the interpreter, all on a GPU).
 """
 import pytest
 import torch
 
+from benchmarks import ops_hopper
 from fusegraph import ops, targets
 from fusegraph.kernels import _triton_common as tc
 from fusegraph.kernels.set_mla_kv_buffer import triton as st
@@ -73,6 +76,30 @@ def test_row_blocking(T, rows, invalid, monkeypatch):
     monkeypatch.setattr(st, "rows_per_program", lambda _: rows)
     check(*make_case(S=32, T=T, nope=512, rope=64, dtype=torch.bfloat16, loc_dtype=torch.int64,
                      invalid=invalid, seed=T))
+
+
+@needs_kernel
+@pytest.mark.parametrize("spec", ["triton/r2/w1", "triton/r4/w2/stream", "triton/r8/w4/early",
+                                  "triton/r2/w2/stream/early"])
+def test_program_configs(spec):
+    """The swept program shapes (rows, warps, streaming hints, early PDL trigger) write the same bytes."""
+    check_config(spec, S=48, T=11, loc_dtype=torch.int64, seed=7)
+
+
+def check_config(spec, S, T, loc_dtype, seed):
+    """``spec``'s launch against the reference on DSV4 rows, the first and last slots padding."""
+    buf, loc, k_nope, k_rope = make_case(S=S, T=T, nope=512, rope=64, dtype=torch.bfloat16, loc_dtype=loc_dtype,
+                                         invalid=(0, T - 1), seed=seed)
+    expected = buf.cpu().clone()
+    OP.reference(expected, loc.cpu(), k_nope.cpu(), k_rope.cpu())
+    st.launch(buf, loc, k_nope, k_rope, config=spec)
+    assert_same_bytes(buf, expected)
+
+
+def test_program_table():
+    assert st.PROGRAMS[0][0] == 0 and [t for t, _ in st.PROGRAMS] == sorted({t for t, _ in st.PROGRAMS})
+    assert st.rows_per_program(1) == 1 and st.rows_per_program(16384) == st.program_config(16384).rows
+    assert st.Config.parse("triton/r8/w4/stream").spec == "triton/r8/w4/stream"
 
 
 @needs_kernel
@@ -146,6 +173,14 @@ def test_reference_skips_negative_slots_and_runs_on_fake_tensors():
 def test_gpu_real_sizes(T, loc_dtype):
     check(*make_case(S=262144, T=T, nope=512, rope=64, dtype=torch.bfloat16, loc_dtype=loc_dtype,
                      invalid=(0,), seed=T))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (not the interpreter)")
+@pytest.mark.parametrize("spec", sorted(set(ops_hopper.TRITON_SWEEP) | set(ops_hopper.TRITON_SUBSET)))
+def test_gpu_swept_program_configs(spec):
+    """Every program shape the benchmark sweeps, at a row count no shape divides, bytes against the reference."""
+    check_config(spec, S=16384, T=4099, loc_dtype=torch.int32, seed=11)
 
 
 @pytest.mark.gpu

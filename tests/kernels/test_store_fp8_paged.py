@@ -163,7 +163,12 @@ def test_store_supports_args_rejections():
 ])
 def test_fused_store_matches_reference(T, page_size, loc_dtype, invalid, rows, monkeypatch):
     monkeypatch.setattr(kt, "rows_per_program", lambda _: rows)
-    num_pages = max(2, -(-2 * T // page_size))
+    check_fused_store(T, max(2, -(-2 * T // page_size)), page_size, loc_dtype, invalid)
+
+
+def check_fused_store(T, num_pages, page_size, loc_dtype, invalid):
+    """The Triton fused store on poisoned caches against the reference; store-then-dequant equals the
+    quant-dequant op."""
     kv, weight, cos, sin = make_kv(T, seed=T)
     loc = make_loc(T, num_pages * page_size, loc_dtype, invalid, seed=T)
     caches = run_poisoned(
@@ -171,7 +176,6 @@ def test_fused_store_matches_reference(T, page_size, loc_dtype, invalid, rows, m
         num_pages, page_size)
     expected = torch.full_like(caches[0], POISONS[0])
     FUSED.reference(kv.cpu(), weight.cpu(), cos.cpu(), sin.cpu(), EPS, QUANT_EPS, expected, loc.cpu(), page_size)
-    # store-then-dequant equals the quant-dequant op
     values = torch.cat(KV_QUANT.reference(kv.cpu(), weight.cpu(), cos.cpu(), sin.cpu(), EPS, QUANT_EPS), -1)
     check_caches(caches, expected, written_mask(num_pages, page_size, loc), loc, page_size, values)
 
@@ -234,16 +238,7 @@ def test_mutating_references_on_fake_tensors():
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (not the interpreter)")
 @pytest.mark.parametrize("T,page_size", [(1, 64), (512, 64), (16384, 64), (4097, 256)])
 def test_gpu_fused_store_real_sizes(T, page_size):
-    num_pages = -(-2 * T // page_size) + 1
-    kv, weight, cos, sin = make_kv(T, seed=T)
-    loc = make_loc(T, num_pages * page_size, torch.int64, invalid=(0,), seed=T)
-    caches = run_poisoned(
-        lambda c: FUSED.providers["triton"].impl(kv, weight, cos, sin, EPS, QUANT_EPS, c, loc, page_size),
-        num_pages, page_size)
-    expected = torch.full_like(caches[0], POISONS[0])
-    FUSED.reference(kv.cpu(), weight.cpu(), cos.cpu(), sin.cpu(), EPS, QUANT_EPS, expected, loc.cpu(), page_size)
-    values = torch.cat(KV_QUANT.reference(kv.cpu(), weight.cpu(), cos.cpu(), sin.cpu(), EPS, QUANT_EPS), -1)
-    check_caches(caches, expected, written_mask(num_pages, page_size, loc), loc, page_size, values)
+    check_fused_store(T, -(-2 * T // page_size) + 1, page_size, torch.int64, invalid=(0,))
 
 
 @pytest.mark.gpu

@@ -194,6 +194,19 @@ def launch(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_ca
     return compiled
 
 
+def _index_words(idx: Tensor) -> tuple[Tensor, int, int]:
+    """An index list as int32 words for the one-launch kernel: (words, row stride in words, words per
+    index). int64 lists are read through an int32 view (low word first on little-endian GPUs)."""
+    if idx.dtype == torch.int32:
+        return idx, idx.stride(0), 1
+    if idx.shape[1] and idx.stride(1) != 1:  # a [T, 1] column may carry any stride
+        idx = idx.clone(memory_format=torch.contiguous_format)
+    if idx.shape[1] == 0:  # never read; any int32 tensor will do
+        return idx.new_empty((idx.shape[0], 0), dtype=torch.int32), 0, 2
+    words = idx.view(torch.int32)
+    return words, words.stride(0), 2
+
+
 def _launch_one(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp_idx: Tensor,
                 sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int, cmp_page_size: int,
                 out: Tensor) -> Any:
@@ -203,6 +216,10 @@ def _launch_one(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, c
     k_swa, k_cmp = swa_idx.shape[1], cmp_idx.shape[1]
     swa = _cache_args(swa_cache, swa_page_size, k_swa > 0, q)
     cmp = _cache_args(cmp_cache, cmp_page_size, k_cmp > 0, q)
+    if swa_idx.dtype != cmp_idx.dtype:  # one IDX_WORDS for both lists
+        swa_idx, cmp_idx = swa_idx.to(torch.int64), cmp_idx.to(torch.int64)
+    swa_idx, swa_idx_stride, idx_words = _index_words(swa_idx)
+    cmp_idx, cmp_idx_stride, _ = _index_words(cmp_idx)
     heads = plan.heads_per_program
     groups = T * tc.cdiv(H, heads)
     if plan.split:
@@ -214,8 +231,8 @@ def _launch_one(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, c
         part_acc = part_ml = counters = out  # never touched
     return sparse_attn_decode_kernel[(groups * plan.splits,)](
         q, q.stride(0), q.stride(1),
-        *swa, swa_idx, swa_idx.stride(0), k_swa,
-        *cmp, cmp_idx, cmp_idx.stride(0), k_cmp,
+        *swa, swa_idx, swa_idx_stride, k_swa,
+        *cmp, cmp_idx, cmp_idx_stride, k_cmp,
         sink, cos, cos.stride(0), sin, sin.stride(0),
         out, out.stride(0), out.stride(1),
         part_acc, part_ml, counters,
@@ -224,5 +241,5 @@ def _launch_one(plan: AttnPlan, q: Tensor, swa_cache: Tensor, swa_idx: Tensor, c
         MERGE_PAIRS=plan.block_h * HEAD_DIM <= 64 * 32 * plan.num_warps,   # <= 64 fp32 per thread a partial
         PARTIAL_BF16=plan.partial_dtype == "bf16",
         POW2_PAGES=swa[4] >= 0 and cmp[4] >= 0, NATIVE_FP8=fp8_native(device), INTERPRET=tc.interpreting(),
-        USE_PDL=tc.pdl_enabled(device), num_warps=plan.num_warps, num_stages=plan.num_stages,
+        USE_PDL=tc.pdl_enabled(device), IDX_WORDS=idx_words, num_warps=plan.num_warps, num_stages=plan.num_stages,
         **tc.launch_kwargs(device))

@@ -38,7 +38,7 @@ from __future__ import annotations
 from fusegraph.kernels import _triton_common as tc
 
 from .triton_kernels import (_LOG2E, _finish_rows_with, _kv_tile, _rope_tables, _sink_weight, _softmax_step,
-                             _tile_fetch, _tile_slots)
+                             _tile_fetch)
 
 tl, triton = tc.tl, tc.triton
 
@@ -108,6 +108,20 @@ def _merge_splits(part_acc_ptr, part_ml_ptr, group_row0, num_splits, lanes, head
 
 
 @triton.jit
+def _word_slots(tile, last, tiles_swa, swa_idx_row, k_swa, cmp_idx_row, k_cmp, BLOCK_N: tl.constexpr,
+                IDX_WORDS: tl.constexpr):
+    """int32 slots of tile ``tile`` (as ``_tile_slots``) read from int32 words: ``IDX_WORDS`` 2 reads
+    the low word of int64 indices (little-endian; indices are row numbers < 2^31 or negative = invalid,
+    so the low word is the value). Loading int64 and narrowing here made Triton 3.6's layout pass
+    fail on sm90 (``arith.select`` layout mismatch in TritonGPURemoveLayoutConversions)."""
+    is_swa = tile < tiles_swa
+    offs = tl.where(is_swa, tile, tile - tiles_swa) * BLOCK_N + tl.arange(0, BLOCK_N)
+    idx_row = tl.where(is_swa, swa_idx_row, cmp_idx_row)
+    k_len = tl.where(is_swa, k_swa, k_cmp)
+    return tl.load(idx_row + offs * IDX_WORDS, mask=(offs < k_len) & (tile < last), other=-1)
+
+
+@triton.jit
 def sparse_attn_decode_kernel(
     q_ptr, q_stride_t, q_stride_h,
     swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_page_shift, swa_idx_ptr, swa_idx_stride, k_swa,
@@ -118,6 +132,7 @@ def sparse_attn_decode_kernel(
     num_heads, num_splits, tiles_per_split, qk_scale,
     HEADS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_PAIRS: tl.constexpr, PARTIAL_BF16: tl.constexpr, POW2_PAGES: tl.constexpr, NATIVE_FP8: tl.constexpr, INTERPRET: tl.constexpr, USE_PDL: tl.constexpr,
+    IDX_WORDS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     head_blocks = tl.cdiv(num_heads, HEADS)
@@ -137,7 +152,7 @@ def sparse_attn_decode_kernel(
     tc.pdl_wait(USE_PDL)
     # head of the dependent chain (indices -> rows -> dequant -> dots) first; q, the sink and the
     # rope tables do not depend on it and arrive while the rows are fetched
-    slots = _tile_slots(first, last, tiles_swa, swa_row, k_swa, cmp_row, k_cmp, BLOCK_N)
+    slots = _word_slots(first, last, tiles_swa, swa_row, k_swa, cmp_row, k_cmp, BLOCK_N, IDX_WORDS)
     q_row = q_ptr + t * q_stride_t + heads.to(tl.int64)[:, None] * q_stride_h
     q = tl.load(q_row + tl.arange(0, 512)[None, :], mask=hm, other=0.0)
     sink2 = tl.load(sink_ptr + heads, mask=head_ok, other=0.0) * _LOG2E
@@ -149,7 +164,7 @@ def sparse_attn_decode_kernel(
         valid, raw_a, raw_b, raw_c, k_r, word = _tile_fetch(
             tile, tiles_swa, slots, swa_ptr, swa_bf16_ptr, swa_page_stride, swa_page_size, swa_page_shift,
             cmp_ptr, cmp_bf16_ptr, cmp_page_stride, cmp_page_size, cmp_page_shift, POW2_PAGES)
-        slots = _tile_slots(tile + 1, last, tiles_swa, swa_row, k_swa, cmp_row, k_cmp, BLOCK_N)
+        slots = _word_slots(tile + 1, last, tiles_swa, swa_row, k_swa, cmp_row, k_cmp, BLOCK_N, IDX_WORDS)
         k = _kv_tile(raw_a, raw_b, raw_c, k_r, word, NATIVE_FP8)
         m_i, l_i, acc = _softmax_step(q, valid, k, m_i, l_i, acc, qk_scale, INTERPRET)
 

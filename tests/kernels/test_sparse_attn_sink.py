@@ -368,12 +368,15 @@ def test_plan_one_launch_for_small_batches():
 @pytest.mark.parametrize("H,Kc", [(64, 512), (128, 1024)], ids=["flash", "pro"])
 @pytest.mark.parametrize("T", [1, 5, 64, 200])
 @pytest.mark.parametrize("native", [False, True], ids=["int-decode", "native-decode"])
-def test_gpu_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, native):
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
+def test_gpu_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, native, idx_dtype):
+    """The auto plan (one launch at flash T = 1, two kernels elsewhere) with both index dtypes:
+    models produce int64 (topk, arange), which once failed to compile on the one-launch path."""
     from fusegraph import targets
     if native and targets.detect() not in ("sm90", "sm100"):
         pytest.skip("Triton's native e4m3 conversion needs sm89+ NVIDIA")
     c = make_case(T, H, 128, Kc, seed=T + H, swa_rows=4096, cmp_rows=8192, swa_page_size=64,
-                  cmp_page_size=64).to("cuda")
+                  cmp_page_size=64, idx_dtype=idx_dtype).to("cuda")
     assert sparse_attn_sink.select(targets.detect(), c.args()).provider == "triton"
     monkeypatch.setattr(triton_fp8, "FORCE_NATIVE_FP8", native)
     out = sparse_attn_sink(*c.args())

@@ -341,6 +341,8 @@ def test_plan_one_launch_for_small_batches():
     assert flash.splits * flash.tiles_per_split >= tiles > (flash.splits - 1) * flash.tiles_per_split
     assert flash.splits * -(-64 // flash.heads_per_program) <= 132                    # one wave
     assert flash.tiles_per_split == 1 and flash.num_stages == 1                       # ~one tile a program
+    # int64 index lists (one-launch kernel reads them as int32 words, not yet GPU-run) stay on two kernels
+    assert attn_plan.make_plan(1, 64, 128, 512, 132, True, int32_indices=False).path == "two_kernel"
     for T, H, Kc in ((1, 128, 1024), (8, 64, 512), (512, 64, 512)):
         assert attn_plan.make_plan(T, H, 128, Kc, num_sms=132, gpu=True).path == "two_kernel"
     forced = attn_plan.make_plan(1, 128, 128, 1024, 132, True, {"path": "one_launch"})
@@ -370,8 +372,8 @@ def test_plan_one_launch_for_small_batches():
 @pytest.mark.parametrize("native", [False, True], ids=["int-decode", "native-decode"])
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64], ids=["i32", "i64"])
 def test_gpu_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, native, idx_dtype):
-    """The auto plan (one launch at flash T = 1, two kernels elsewhere) with both index dtypes:
-    models produce int64 (topk, arange), which once failed to compile on the one-launch path."""
+    """The auto plan (one launch at flash T = 1 with int32 indices, two kernels elsewhere) with both
+    index dtypes: models produce int64 (topk, arange)."""
     from fusegraph import targets
     if native and targets.detect() not in ("sm90", "sm100"):
         pytest.skip("Triton's native e4m3 conversion needs sm89+ NVIDIA")
@@ -429,6 +431,18 @@ def test_gpu_one_launch_dsv4_sizes(monkeypatch, poisoned, H, Kc, T, variant):
     assert counters_clean("cuda")
     again = run_triton(c, monkeypatch, None, True, **ONE_LAUNCH, **ONE_LAUNCH_GPU_VARIANTS[variant])
     assert torch.equal(out, again)       # merged in split order whichever split finishes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("H,Kc", [(64, 512), (128, 1024)], ids=["flash", "pro"])
+def test_gpu_one_launch_int64_indices(monkeypatch, poisoned, H, Kc):
+    """int64 lists reach the one-launch kernel as int32 words (low word first)."""
+    c = make_case(1, H, 128, Kc, seed=H + 11, swa_rows=4096, cmp_rows=8192, swa_page_size=64,
+                  cmp_page_size=64, idx_dtype=torch.int64).to("cuda")
+    out = run_triton(c, monkeypatch, None, True, **ONE_LAUNCH, group_h=8)
+    check(out, c)
+    assert rel_l2(out, sparse_attn_sink.reference(*c.args()).double()) < 5e-3
 
 
 @pytest.mark.gpu

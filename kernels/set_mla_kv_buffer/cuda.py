@@ -27,12 +27,12 @@ from fusegraph.kernels import _cuda_jit as jit
 from fusegraph.kernels import _kv_writers as kw
 from fusegraph.kernels.set_mla_kv_buffer.reference import check_args, set_mla_kv_buffer
 
-# Which writer from which row count. Source: H200, 2026-11-21, the previous one-warp-per-row kernels
-# (benchmarks/results/ops_hopper_writers_h200_97af41c.log): Triton was faster at every row count.
-# Writers are variant specs (kernels/_kv_writers.Variant); `bash benchmarks/gpu_batch.sh WRITERS` measures
-# them and prints the line to paste here.
-DISPATCH = kw.Dispatch(((0, "triton"),), source="H200 2026-11-21, benchmarks/results/writers_h200_2026-11-21.log: "
-                       "Triton fastest at 1..16384 rows (16384: 12.4 vs vector 13.5, bulk 13.9 us)")
+# Which writer from which row count: `bash benchmarks/gpu_batch.sh WRITERS` on an H100, 2026-11-21,
+# commit 1327725 (benchmarks/results/writers_h100_1327725.log; every variant byte-exact on the GPU).
+# 16384 rows: Triton 8 rows x 2 warps 14.82 us = 85% of copy bandwidth (vector r8/w16 14.83, bulk
+# r8/w4 15.23); 1024: tma 2.26 vs Triton 2.50; 4096: vector r4/w4 streaming 4.93 vs Triton 5.03.
+DISPATCH = kw.Dispatch(((0, "triton"), (1024, "tma"), (4096, "vector/r4/w4/flat/stream"), (16384, "triton")),
+                       source="H100 2026-11-21 commit 1327725, benchmarks/results/writers_h100_1327725.log")
 
 PRIORITY = DISPATCH.priority()
 COPY_ENV, VARIANTS, TARGETS = kw.COPY_ENV, kw.VARIANTS, kw.TARGETS

@@ -120,7 +120,9 @@ class Config:
 # Program shape by row count, ((min_T, Config), ...) ascending: one row per program below 1024 rows,
 # four from there (H200, 2026-11-21: 12.38 us at 16384 rows, 72% of copy bandwidth). The WRITERS
 # benchmark run prints the line its measurements suggest.
-PROGRAMS = ((0, Config(1)), (1024, Config(4)))
+# Rows per program by row count (H100, 2026-11-21, benchmarks/results/writers_h100_1327725.log):
+# 16384 rows: 8 rows x 2 warps 14.82 us vs the previous 4 rows 15.75; 4096: 8 x 4 warps 4.88 vs 5.03.
+PROGRAMS = ((0, Config(1)), (1024, Config(4)), (4096, Config(rows=8, warps=4)), (16384, Config(rows=8, warps=2)))
 
 
 def program_config(T: int) -> Config:

@@ -26,13 +26,13 @@ from fusegraph.kernels import _kv_writers as kw
 from fusegraph.kernels._fp8 import NOPE_DIM, ROPE_DIM
 from fusegraph.kernels.store_fp8_paged.reference import check_args, store_fp8_paged
 
-# Which writer from which row count. Source: H200, 2026-11-21, the previous one-warp-per-token kernel
-# (benchmarks/results/ops_hopper_writers_h200_97af41c.log): its vector copy took 4.17 / 11.84 us at
-# 4096 / 16384 rows vs Triton's 6.88 / 22.18 us, at 128 rows 1.67 vs 1.57 us; bulk never won.
-# Writers are variant specs (kernels/_kv_writers.Variant); `bash benchmarks/gpu_batch.sh WRITERS` measures
-# them and prints the line to paste here.
-DISPATCH = kw.Dispatch(((0, "vector"),), source="H200 2026-11-21, benchmarks/results/writers_h200_2026-11-21.log: "
-                       "vector faster than Triton at 1..16384 rows (16384: 11.0 vs 21.5 us)")
+# Which writer from which row count: `bash benchmarks/gpu_batch.sh WRITERS` on an H100, 2026-11-21,
+# commit 1327725 (benchmarks/results/writers_h100_1327725.log; every variant byte-exact on the GPU).
+# 16384 rows: bulk r8/w4 flat 11.78 us = 75% of copy bandwidth (vector r2/w8 streaming 11.91, the
+# previous default vector 12.52; a plain copy of the same bytes takes 10.77 = 82%); 1024-4096: the
+# one-row vector copy; 1 row: Triton 1.36 vs vector 1.40.
+DISPATCH = kw.Dispatch(((0, "triton"), (1024, "vector"), (4096, "vector/r1/w4/flat"), (16384, "bulk/r8/w4/flat")),
+                       source="H100 2026-11-21 commit 1327725, benchmarks/results/writers_h100_1327725.log")
 
 PRIORITY = DISPATCH.priority()
 COPY_ENV, VARIANTS, TARGETS = kw.COPY_ENV, kw.VARIANTS, kw.TARGETS

@@ -64,9 +64,9 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def _commits(meta: dict[str, Any]) -> str:
-    """``abc1234`` or, for merged runs, ``abc1234+def5678`` (short hashes)."""
-    return "+".join(c[:10] for c in str(meta.get("git_commit", "?")).split("+"))
+def _commits(meta: dict[str, Any], width: int) -> str:
+    """``abc1234`` or, for merged runs, ``abc1234+def5678`` (hashes cut to ``width``)."""
+    return "+".join(c[:width] for c in str(meta.get("git_commit", "?")).split("+"))
 
 
 def _headline(row: dict[str, Any]) -> Optional[float]:
@@ -107,7 +107,7 @@ def _subtitle(data: dict[str, Any]) -> str:
     meta = data.get("meta", {})
     model = meta.get("model", {})
     return (f"DSV4 {model.get('preset', '?')} layers on {meta.get('device', '?')}, commit "
-            f"{_commits(meta)}; decode T: CUDA-graph replay, prefill T: stream")
+            f"{_commits(meta, 10)}; decode T: CUDA-graph replay, prefill T: stream")
 
 
 # -- plot ----------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def markdown(data: dict[str, Any], detail: bool = True) -> str:
     pdl = _pdl_choice(rows)
     n_layers = len(data.get("layers", [])) or 1
     lines = [f"Measured on {meta.get('device', '?')} (torch {meta.get('torch', '?')}, triton {meta.get('triton', '?')}), "
-             f"commit `{_commits(meta)}`, {meta.get('date', '?')}. Time per layer in µs, "
+             f"commit `{_commits(meta, 12)}`, {meta.get('date', '?')}. Time per layer in µs, "
              f"mean over the {n_layers} layers (compress ratios "
              f"{', '.join(str(l['ratio']) for l in data.get('layers', []))}); decode T under CUDA-graph replay, "
              f"prefill T launched from Python; fused variants with PDL {'on' if pdl else 'off'}.", ""]

@@ -8,13 +8,18 @@ leave the graph linted and every node with ``meta["val"]``; ``check`` re-propaga
 through the rewritten graph, so a rewrite that broke shapes or dtypes fails here, at compile time,
 with the site named — never at run time with a wrong result.
 
-When ``torch.fx.symbolic_trace`` cannot capture the model, ``compile`` falls back to the Dynamo
-backend (``fusegraph.backend``), which runs the same stages on each graph Dynamo hands it, and says so
-in ``report.capture_note``.
+Capture (``fusegraph.capture.capture``) is ``torch.fx.symbolic_trace``; where Python control flow
+needs sizes (a decode step's per-token loop) it traces again with the example shapes, and the
+module then refuses inputs of other shapes (``InputSpecError``) instead of running a graph built for
+others. When neither capture works (control flow on tensor values), ``compile`` falls back to the
+Dynamo backend (``fusegraph.backend``), which runs the same stages on each graph Dynamo hands it
+(graph breaks give several graphs; a guard failure, e.g. another ``start_pos``, a new one), and says
+so in ``report.capture_note``.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -45,12 +50,17 @@ class StageInfo:
     note: str = ""
 
 
+class InputSpecError(ValueError):
+    """A module compiled for fixed input shapes was called with other shapes or dtypes."""
+
+
 class CompiledModule(torch.nn.Module):
     """The fused model. Shares parameters and buffers with the original, so its state dict has the
     model's keys and loading into either updates both."""
 
     def __init__(self, model: torch.nn.Module, fused: torch.fx.GraphModule, unfused: torch.fx.GraphModule,
-                 report: CompileReport, stages: list[StageInfo], site_nodes: dict[str, torch.fx.Node]):
+                 report: CompileReport, stages: list[StageInfo], site_nodes: dict[str, torch.fx.Node],
+                 input_specs: tuple | None = None):
         super().__init__()
         for name, child in model.named_children():
             self.add_module(name, child)
@@ -64,12 +74,25 @@ class CompiledModule(torch.nn.Module):
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "_site_nodes", site_nodes)
         object.__setattr__(self, "config", getattr(model, "config", None))
+        # (shape, dtype) per positional tensor input when the capture specialized to the example
+        # shapes (None: the graph takes any shapes); non-tensor arguments are asserted by the graph.
+        object.__setattr__(self, "input_specs", input_specs)
+        try:  # the graph names a traced-as-constant argument ``start_pos_1``: keywords bind by the model's names
+            signature: inspect.Signature | None = inspect.signature(model.forward)
+        except (TypeError, ValueError):
+            signature = None
+        object.__setattr__(self, "_signature", signature)
 
     @property
     def sites(self) -> list[MatchSite]:
         return self.report.sites
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs and self._signature is not None:
+            bound = self._signature.bind(*args, **kwargs)
+            args, kwargs = bound.args, bound.kwargs
+        if self.input_specs is not None:
+            _check_input_specs(self.input_specs, args)
         return self.fused(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):  # keep the graphs' own attribute copies on the same device
@@ -103,6 +126,18 @@ class CompiledModule(torch.nn.Module):
         bucket, each chosen provider) so no request pays a JIT stall; see ``fusegraph.warmup``."""
         from fusegraph.warmup import warmup
         return warmup(self, max_tokens, progress=progress, **kwargs)
+
+
+def _check_input_specs(specs: tuple, args: tuple) -> None:
+    for i, (spec, arg) in enumerate(zip(specs, args)):
+        if spec is None or not isinstance(arg, torch.Tensor):
+            continue
+        shape, dtype = spec
+        if tuple(arg.shape) != shape or arg.dtype != dtype:
+            raise InputSpecError(
+                f"input {i} is {arg.dtype} {tuple(arg.shape)}, but this module was compiled for {dtype} {shape} "
+                "(its capture is specialized to the example shapes: see report.capture_note); "
+                "compile again with example inputs of these shapes")
 
 
 # -- stages ---------------------------------------------------------------------------------------
@@ -197,13 +232,14 @@ def compile(model: torch.nn.Module, *, target: str = "auto", patterns: Iterable[
     stages: list[StageInfo] = []
     t0 = time.perf_counter()
     try:
-        captured = _capture.symbolic_trace(model, tuple(example_inputs))
+        captured = _capture.capture(model, tuple(example_inputs))
     except _capture.CaptureError as exc:
-        return _dynamo_fallback(model, plan_target, patterns, str(exc))
+        return _dynamo_fallback(model, plan_target, patterns, str(exc), seed=seed)
     gm = captured.graph_module
-    stages.append(StageInfo("capture", time.perf_counter() - t0, len(gm.graph.nodes)))
+    stages.append(StageInfo("capture", time.perf_counter() - t0, len(gm.graph.nodes), captured.note))
 
-    report = CompileReport(model=type(model).__name__, target=plan_target, capture="symbolic_trace")
+    report = CompileReport(model=type(model).__name__, target=plan_target, capture=captured.method,
+                           capture_note=captured.note)
     fused, unfused, site_nodes = run_passes(gm, pats, comps, plan_target, report, stages,
                                             fuel=fuel, progress=progress, seed=seed)
     if verify:
@@ -216,7 +252,7 @@ def compile(model: torch.nn.Module, *, target: str = "auto", patterns: Iterable[
     from fusegraph.expected import expected_sites
     report.expected = expected_sites(model)
     report.timings = {s.stage: round(s.seconds, 4) for s in stages}
-    return CompiledModule(model, fused, unfused, report, stages, site_nodes)
+    return CompiledModule(model, fused, unfused, report, stages, site_nodes, captured.input_specs)
 
 
 def run_passes(gm: torch.fx.GraphModule, pats: list[Pattern], comps: list[Composition], target: str,
@@ -325,14 +361,22 @@ def _default_inputs(model: torch.nn.Module) -> tuple:
     raise ValueError("fusegraph.compile needs example_inputs=(...) for this model (fake or meta tensors are fine)")
 
 
-def _dynamo_fallback(model: torch.nn.Module, target: str, patterns, why: str) -> torch.nn.Module:
+def _dynamo_fallback(model: torch.nn.Module, target: str, patterns, why: str, seed: int = 0) -> torch.nn.Module:
+    """``torch.compile`` with the fusegraph backend. Dynamo specializes on the non-tensor arguments
+    and the shapes (``dynamic=False``): another ``start_pos`` fails a guard and compiles a new graph,
+    whose sites join the same report."""
     from fusegraph.backend import backend
+    from fusegraph.expected import expected_sites
 
-    be = backend(target=target, patterns=patterns)
+    be = backend(target=target, patterns=patterns, seed=seed)
     compiled = torch.compile(model, backend=be, dynamic=False)
     report = be.report
     report.model = type(model).__name__
     report.capture = "dynamo"
-    report.capture_note = f"{why}; fell back to the torch.compile backend (graphs are fused when first run)"
+    report.capture_note = (f"{why}; fell back to the torch.compile backend (graphs are fused when first run; "
+                           "another value of a non-tensor argument or another input shape fails a Dynamo guard "
+                           "and fuses a new graph, up to torch._dynamo.config.recompile_limit)")
+    report.expected = expected_sites(model)
     compiled.report = report  # type: ignore[attr-defined]
+    compiled.fusegraph_backend = be  # type: ignore[attr-defined]  # per-graph records: be.graphs
     return compiled

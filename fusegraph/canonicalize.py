@@ -176,12 +176,21 @@ def canonicalize(gm: torch.fx.GraphModule) -> dict[str, int]:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             removed["noop"] += 1
-    before = len(gm.graph.nodes)
-    gm.graph.eliminate_dead_code(is_impure_node=_is_impure)
-    removed["dead"] = before - len(gm.graph.nodes)
+    removed["dead"] = _eliminate_dead_code(gm.graph)
     for node in gm.graph.nodes:
         node.meta["fg_op"] = op_label(node)
     gm.recompile()
+    return removed
+
+
+def _eliminate_dead_code(graph: torch.fx.Graph) -> int:
+    """``Graph.eliminate_dead_code(is_impure_node=_is_impure)`` without its lint pass, asking for
+    impurity only of nodes nobody reads (torch asks it of every node, after a lint of the graph)."""
+    removed = 0
+    for node in reversed(graph.nodes):
+        if not node.users and not _is_impure(node):
+            graph.erase_node(node)
+            removed += 1
     return removed
 
 

@@ -79,6 +79,10 @@ def node_val(node: Any) -> Any:
 
 def _tensors(val: Any) -> list[Any]:
     """Tensors (or TensorMetadata) inside a value: a tensor, or tuples/lists/dicts of them."""
+    if isinstance(val, torch.Tensor):  # the common case, without the walk
+        return [val]
+    if val is None or isinstance(val, (int, float, bool)):
+        return []
     found: list[Any] = []
 
     def visit(v: Any) -> None:
@@ -105,10 +109,17 @@ def _itemsize(t: Any) -> int:
 
 def tensor_bytes(t: Any, *, distinct: bool = False) -> int:
     """Bytes of a tensor; ``distinct`` counts an expanded (stride-0) dimension once."""
-    shape = list(t.shape)
+    if isinstance(t, torch.Tensor):  # fast path: every node of the graph, before and after rewriting
+        if not distinct:
+            return t.numel() * t.element_size()
+        n = 1
+        for size, stride in zip(t.shape, t.stride()):
+            if stride != 0:
+                n *= size
+        return int(n) * t.element_size()
+    shape = list(t.shape)   # TensorMetadata (ShapeProp)
     if distinct:
-        strides = t.stride() if isinstance(t, torch.Tensor) else t.stride
-        shape = [s for s, st in zip(shape, strides) if st != 0]
+        shape = [s for s, st in zip(shape, t.stride) if st != 0]
     n = 1
     for s in shape:
         n *= int(s)
@@ -158,20 +169,6 @@ def _mutated_slots(node: torch.fx.Node) -> set[int | str]:
     return set()
 
 
-def _arg_slots(node: torch.fx.Node) -> list[tuple[int | str, list[Any]]]:
-    """Tensor values per argument slot (position, or keyword name); a list argument
-    (``torch.cat([a, b])``) or an index tuple (``x[:, idx]``) gives all the tensors inside it."""
-    slots: list[tuple[int | str, list[Any]]] = []
-    items = list(enumerate(node.args)) + list(node.kwargs.items())
-    for key, arg in items:
-        vals: list[Any] = []
-        for x in (arg if isinstance(arg, (list, tuple)) else (arg,)):
-            if isinstance(x, torch.fx.Node):
-                vals.extend(_tensors(node_val(x)))
-        slots.append((key, vals))
-    return slots
-
-
 def _fused_op(node: torch.fx.Node) -> Any:
     if node.op != "call_function":
         return None
@@ -194,32 +191,41 @@ def is_free(node: torch.fx.Node) -> bool:
 
 
 def node_bytes(node: torch.fx.Node) -> int:
-    """Estimated HBM bytes read + written by ``node`` (0 for views and bookkeeping).
+    """Estimated HBM bytes read + written by ``node`` (0 for views and bookkeeping)."""
+    return _node_cost(node)[0]
 
-    Remembered in ``node.meta`` with the argument objects it was computed from: the report weighs
-    the graph before and after rewriting and per layer, and most nodes are the same in all."""
+
+def _node_cost(node: torch.fx.Node) -> tuple[int, bool]:
+    """(bytes, free) of ``node``, remembered in ``node.meta`` with the argument objects they were
+    computed from: the report weighs the graph before and after rewriting and per layer, and most
+    nodes are the same in all."""
     seen = node.meta.get("fg_bytes")
     if seen is not None and seen[0] is node.args and seen[1] is node.kwargs:
-        return seen[2]
-    result = _node_bytes(node)
-    node.meta["fg_bytes"] = (node.args, node.kwargs, result)
-    return result
+        return seen[2], seen[3]
+    free = is_free(node)
+    result = 0 if free else _compute_bytes(node)
+    node.meta["fg_bytes"] = (node.args, node.kwargs, result, free)
+    return result, free
 
 
-def _node_bytes(node: torch.fx.Node) -> int:
-    if is_free(node):
-        return 0
+def _compute_bytes(node: torch.fx.Node) -> int:
     mutated = _mutated_slots(node)
-    slots = _arg_slots(node)
-    reads = sum(tensor_bytes(t, distinct=True) for key, vals in slots if key not in mutated for t in vals)
+    reads = written = 0   # bytes of the argument slots read / written in place
+    for key, arg in (*enumerate(node.args), *node.kwargs.items()):
+        for x in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+            if isinstance(x, torch.fx.Node):
+                for t in _tensors(node_val(x)):
+                    if key in mutated:
+                        written += tensor_bytes(t)
+                    else:
+                        reads += tensor_bytes(t, distinct=True)
     if node.op == "call_module":
         reads += _module_param_bytes(node)
     if mutated:
         if reads == 0:  # in-place elementwise (x.mul_(2)): read and write the buffer
-            return 2 * sum(tensor_bytes(t) for key, vals in slots if key in mutated for t in vals)
+            return 2 * written
         return 2 * reads  # scatter: the values read, and as much written into the buffer
-    writes = sum(tensor_bytes(t) for t in _tensors(node_val(node)))
-    return reads + writes
+    return reads + sum(tensor_bytes(t) for t in _tensors(node_val(node)))
 
 
 def _module_param_bytes(node: torch.fx.Node) -> int:
@@ -235,7 +241,8 @@ def _module_param_bytes(node: torch.fx.Node) -> int:
 
 def node_launches(node: torch.fx.Node) -> int:
     """Kernel launches of ``node`` run eagerly: 1 per compute op, 0 for views and bookkeeping."""
-    return 0 if node_bytes(node) == 0 and is_free(node) else 1
+    nbytes, free = _node_cost(node)
+    return 0 if nbytes == 0 and free else 1
 
 
 def graph_stats(gm: torch.fx.GraphModule) -> GraphStats:
@@ -248,8 +255,9 @@ def graph_stats(gm: torch.fx.GraphModule) -> GraphStats:
         nodes += 1
         label = op_label(node)
         census[label] = census.get(label, 0) + 1
-        est_bytes += node_bytes(node)
-        est_launches += node_launches(node)
+        nbytes, free = _node_cost(node)
+        est_bytes += nbytes
+        est_launches += 0 if nbytes == 0 and free else 1
     return GraphStats(nodes=nodes, op_census=dict(sorted(census.items(), key=lambda kv: (-kv[1], kv[0]))),
                       est_bytes=est_bytes, est_launches=est_launches)
 

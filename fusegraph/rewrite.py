@@ -129,7 +129,6 @@ def compose(gm: torch.fx.GraphModule, comp: Composition) -> list[tuple[torch.fx.
     """Merge every (first, second) pair linked as ``comp`` says. Returns (first, second, composed)."""
     first_op, second_op, composed_op = ops.get(comp.first), ops.get(comp.second), ops.get(comp.op)
     done = []
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for second in list(gm.graph.nodes):
         if second.target is not second_op.torch_op:
             continue
@@ -148,7 +147,7 @@ def compose(gm: torch.fx.GraphModule, comp: Composition) -> list[tuple[torch.fx.
         # does not return them, nothing may read them at all.
         keeps_first = _n_outputs(composed_op) >= _n_outputs(first_op) + _n_outputs(second_op)
         readers = [u for r in _results(first) for u in r.users
-                   if u is not second and (order[u] < order[second] or not keeps_first)]
+                   if u is not second and (u._sort_key < second._sort_key or not keeps_first)]
         if readers:
             continue
         kwargs: dict[str, Any] = {}
@@ -175,7 +174,6 @@ def compose(gm: torch.fx.GraphModule, comp: Composition) -> list[tuple[torch.fx.
                     gm.graph.erase_node(r)
         gm.graph.erase_node(first)
         done.append((first, second, new))
-        order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return done
 
 

@@ -28,7 +28,7 @@ from typing import Iterator
 import torch.fx
 
 from fusegraph.canonicalize import tensor_val
-from fusegraph.match.graph_facts import GraphFacts
+from fusegraph.match.graph_facts import GraphFacts, downstream
 from fusegraph.pattern import Dims, Pattern, TensorSpec, unify_shape
 
 
@@ -47,7 +47,8 @@ class Binding:
 
 def fit(spec: TensorSpec, node: torch.fx.Node, dims: Dims) -> Dims | None:
     val = tensor_val(node)
-    if val is None or not spec.dtype_ok(val.dtype):
+    # rank first: most values the binder looks at have another rank (cheapest rejection)
+    if val is None or val.dim() != len(spec.shape) or not spec.dtype_ok(val.dtype):
         return None
     if val.numel() == 0 and not spec.empty_ok:  # empty values verify nothing (unless the spec allows them)
         return None
@@ -67,8 +68,8 @@ def seeds(facts: GraphFacts, pattern: Pattern) -> list[torch.fx.Node]:
     spec = pattern.inputs[pattern.seed]
     labels = (pattern.seed_label,) if isinstance(pattern.seed_label, str) else pattern.seed_label
     out = []
-    for node in facts.gm.graph.nodes:
-        if node.op == "output" or fit(spec, node, {}) is None:
+    for node in facts.tensors_of_rank(len(spec.shape)):  # fit() needs a tensor of the spec's rank
+        if fit(spec, node, {}) is None:
             continue
         if labels and not facts.uses_through_plumbing(node, tuple(labels)):
             continue
@@ -127,23 +128,23 @@ def _candidates(facts: GraphFacts, b: Binding, unbound: list[str]) -> list[tuple
     consume what is bound; consumers of seed-derived values first (they belong to this site), nearest
     first."""
     bound = set(b.nodes.values())
-    closure = facts.closure(bound)
-    from_seed = _downstream(b.seed, closure)
-    seed_pos = facts.order[b.seed]
-
-    def rank(n: torch.fx.Node) -> tuple[int, int]:
-        return (0 if any(a in from_seed for a in n.all_input_nodes) else 1, abs(facts.order[n] - seed_pos))
-
+    closure = facts.closure(bound)   # bound values included
     out: list[tuple[str, torch.fx.Node, Dims]] = []
     seen: set[tuple[str, torch.fx.Node]] = set()
-    depth = max(b.pattern.inputs[k].reach for k in unbound)
-    for consumer in sorted(facts.frontier(closure), key=rank):
-        for operand in consumer.all_input_nodes:
+    specs = [b.pattern.inputs[k] for k in unbound]
+    depth = max(spec.reach for spec in specs)
+    fitting: dict[torch.fx.Node, bool] = {}   # the searches from several operands cross the same values
+
+    def fits(n: torch.fx.Node) -> bool:
+        if n not in fitting:
+            fitting[n] = any(fit(spec, n, b.dims) is not None for spec in specs)
+        return fitting[n]
+
+    for consumer in _consumers(facts, closure, b.seed):
+        for operand in facts.inputs(consumer):
             if operand in closure or facts.is_static(operand):
                 continue
-            for node in facts.backward_fits(operand, lambda n: any(
-                    fit(b.pattern.inputs[k], n, b.dims) is not None for k in unbound), stop=closure | bound,
-                    max_depth=depth):
+            for node in facts.backward_fits(operand, fits, stop=closure, max_depth=depth):
                 for name in unbound:
                     dims = fit(b.pattern.inputs[name], node, b.dims)
                     if dims is not None and (name, node) not in seen:
@@ -152,6 +153,21 @@ def _candidates(facts: GraphFacts, b: Binding, unbound: list[str]) -> list[tuple
                 if len(out) >= CANDIDATES_PER_STEP:
                     return _ordered(b, out)
     return _ordered(b, out)
+
+
+def _consumers(facts: GraphFacts, closure: set[torch.fx.Node], seed: torch.fx.Node) -> Iterator[torch.fx.Node]:
+    """The closure's frontier (``GraphFacts.frontier``) in search order: consumers of seed-derived
+    values first, then the others, each group nearest to the seed first (ties in graph order).
+    Lazily: the search usually stops within the first group, and the whole frontier of a closure
+    that holds a shared input (positions: thousands of nodes) is only built when it does not."""
+    seed_pos = facts.order[seed]
+
+    def distance(n: torch.fx.Node) -> int:
+        return abs(facts.order[n] - seed_pos)
+
+    near = {u for n in downstream(seed, closure) for u in n.users if u not in closure and u.op != "output"}
+    yield from sorted(facts.topo(near), key=distance)
+    yield from sorted((n for n in facts.frontier(closure) if n not in near), key=distance)
 
 
 def _behind(facts: GraphFacts, b: Binding, unbound: list[str]) -> list[tuple[str, torch.fx.Node, Dims]]:
@@ -238,17 +254,6 @@ def _meet_distance(value: torch.fx.Node, index: torch.fx.Node) -> int:
     """Fewest ops from ``value`` plus from ``index`` to a node that reads both (large if none)."""
     a, c = _forward_depths(value, MEET_DEPTH), _forward_depths(index, MEET_DEPTH)
     return min((d + c[n] for n, d in a.items() if n in c), default=4 * MEET_DEPTH)
-
-
-def _downstream(seed: torch.fx.Node, closure: set[torch.fx.Node]) -> set[torch.fx.Node]:
-    out = {seed}
-    stack = [seed]
-    while stack:
-        for u in stack.pop().users:
-            if u in closure and u not in out:
-                out.add(u)
-                stack.append(u)
-    return out
 
 
 def swapped(binding: Binding, a: str, b: str) -> Binding:

@@ -19,10 +19,16 @@ and the deepest partial match (``diagnose``).
 
 Layers repeat: a result is cached under a signature of the closure's structure (ops, wiring, literal
 arguments, shapes), so the 61 layers of a large model cost one evaluation per distinct layer shape.
+
+Cost: a large candidate of a row-wise pattern is verified on ``rows.EVAL_ROWS`` tokens when that is
+exact (``rows``; a match there is the result, anything else is decided at full size), so planning
+time does not grow with the example's token count; evaluation runs on one intra-op thread with a
+heap that keeps freed pages (``workspace``).
 """
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +39,19 @@ from fusegraph.canonicalize import mutated_input, op_label
 from fusegraph.capture import module_path, source_of
 from fusegraph.match.bind import Binding, bindings, seeds
 from fusegraph.match.diagnose import align
-from fusegraph.match.evaluate import draw_inputs, run_graph, run_reference
-from fusegraph.match.graph_facts import GraphFacts
+from fusegraph.match.evaluate import draw_inputs, reference_shapes, run_graph, run_reference
+from fusegraph.match import rows
+from fusegraph.match.graph_facts import GraphFacts, downstream, reachable
 from fusegraph.match.region import Region, backward_slice, check
+from fusegraph.match.rows import NotScalable, RowCut
 from fusegraph.match.values import violation
+from fusegraph.match.workspace import evaluation_workspace
 from fusegraph.pattern import Pattern
 from fusegraph.records import NearMiss
 
 REPORT_FRACTION = 0.25   # near misses below this share of pattern values found are not reported
-SMALL_EVAL = 1 << 24     # inputs below this many elements are evaluated on one thread
 MAX_CLOSURE = 3000       # nodes computable from one binding; beyond this it is not one site
-BINDINGS_PER_SEED = 8    # complete bindings verified per seed before giving up   # near misses below this share of pattern values found are not reported
+BINDINGS_PER_SEED = 8    # complete bindings verified per seed before giving up
 _DTYPE_LOOSE = {torch.float32: torch.bfloat16}
 
 
@@ -78,9 +86,14 @@ class Matcher:
         # op -> seeds a pattern of that op matched at: a smaller pattern of the same op (mhc_pre after
         # mhc_pre_norm) has nothing left to find there, and its failed attempts would only cost time.
         self.sealed: dict[str, set[torch.fx.Node]] = {}
+        self.rowwise: dict[tuple, bool] = {}   # (pattern, cut dims) -> reference is row-wise in T
 
     # -- public ------------------------------------------------------------------------------
     def run(self, pattern: Pattern) -> tuple[list[Match], list[NearMiss]]:
+        with evaluation_workspace():
+            return self._run(pattern)
+
+    def _run(self, pattern: Pattern) -> tuple[list[Match], list[NearMiss]]:
         matches, misses = [], []
         used: set[torch.fx.Node] = set()   # inputs of this pattern's matches: not seeds again (cos/sin)
         sealed = self.sealed.setdefault(pattern.op, set())
@@ -152,32 +165,52 @@ class Matcher:
     # -- evaluation (uncached path) --------------------------------------------------------------
     def _evaluate(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node]) -> _Cached:
         """Run closure and reference under every regime; an output is the earliest graph value equal
-        to the reference's in all of them (one draw could make a Sinkhorn iterate look final)."""
-        # Candidate subgraphs are many small ops: intra-op threads cost more than they give
-        # (measured: tiny compile 58 s -> 10 s on a busy 2-core machine).
-        # Size by the largest value the candidate computes (a gather makes [T, K, 512] from small inputs).
+        to the reference's in all of them (one draw could make a Sinkhorn iterate look final).
+
+        Large candidates are first evaluated on ``rows.EVAL_ROWS`` tokens where that is exact
+        (``rows``); a match found there is the result, anything else is evaluated again at full
+        size. Runs inside ``evaluation_workspace`` (one thread, retained heap: ``workspace``)."""
+        cut = self._row_cut(pattern, binding, closure)
+        if cut is not None:
+            try:
+                cached = self._evaluate_runs(pattern, binding, closure, cut)
+                if cached.kind == "match":
+                    return cached
+            except NotScalable:
+                pass
+        return self._evaluate_runs(pattern, binding, closure, None)
+
+    def _row_cut(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node]) -> RowCut | None:
         vals = [n.meta.get("val") for n in list(binding.nodes.values()) + closure]
         largest = max((v.numel() for v in vals if isinstance(v, torch.Tensor)), default=0)
-        threads = torch.get_num_threads()
-        if largest < SMALL_EVAL:
-            torch.set_num_threads(1)
-        try:
-            return self._evaluate_runs(pattern, binding, closure)
-        finally:
-            torch.set_num_threads(threads)
+        cut = rows.plan(pattern, binding.dims, largest)
+        if cut is None:
+            return None
+        dims = cut.dims(binding.dims)
+        key = (pattern.name, tuple(sorted(dims.items())))
+        if key not in self.rowwise:
+            self.rowwise[key] = rows.reference_rowwise(
+                pattern, dims, lambda k: draw_inputs(binding, pattern.regimes[0], self.seed + k, cut),
+                lambda inputs: run_reference(binding, inputs, cut=cut)[0])
+        return cut if self.rowwise[key] else None
 
-    def _evaluate_runs(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node]) -> _Cached:
+    def _evaluate_runs(self, pattern: Pattern, binding: Binding, closure: list[torch.fx.Node],
+                       cut: RowCut | None) -> _Cached:
         positions = {n: i for i, n in enumerate(closure)}
         bound = set(binding.nodes.values())
         runs = []
 
         def run(k: int, nodes: list[torch.fx.Node]) -> str | None:
             regime = pattern.regimes[k]
-            inputs = draw_inputs(binding, regime, self.seed + k)
+            inputs = draw_inputs(binding, regime, self.seed + k, cut)
             try:
-                env = run_graph(self.facts, nodes, binding, inputs)
-                ref_out, ref_mut, ref_vals = run_reference(binding, inputs, record=(k == 0))
+                env = run_graph(self.facts, nodes, binding, inputs, cut)
+                ref_out, ref_mut, ref_vals = run_reference(binding, inputs, record=(k == 0 and cut is None), cut=cut)
+            except NotScalable:
+                raise
             except Exception as exc:  # the candidate cannot even run on its own inputs
+                if cut is not None:  # ... on cut inputs: maybe a literal row count; full size decides
+                    raise NotScalable(f"{type(exc).__name__}: {exc}") from exc
                 return f"evaluating the candidate failed: {type(exc).__name__}: {exc}"
             runs.append((regime, env, ref_out, ref_mut, ref_vals))
             return None
@@ -185,6 +218,8 @@ class Matcher:
         failed = run(0, closure)
         if failed:
             return _Cached("miss", miss=dict(stage="evaluate", kind="semantics", reason=failed))
+        if cut is not None:
+            rows.check_shapes(cut, {n: n.meta.get("val") for n in closure}, runs[0][1])
         # Other regimes only for values that could still be outputs (most candidates stop here).
         _, env_first, ref_first, _, _ = runs[0]
         # Violations under the first regime are asked for again below: compute each pair once
@@ -251,8 +286,24 @@ class Matcher:
                                                         f"under the '{bad[0].name}' regime"),
                                divergent=positions.get(div.node))
             mutations += [positions[n] for n in closure if _writes_into(n, node, closure)]
-        return _Cached("match", outputs=outputs, mutations=mutations, error=worst,
-                       ref_shapes={i: tuple(r.shape) for i, r in enumerate(ref0)})
+        ref_shapes = {i: tuple(r.shape) for i, r in enumerate(ref0)}
+        if cut is not None:
+            ref_shapes = self._full_size_shapes(binding, closure, outputs)
+        return _Cached("match", outputs=outputs, mutations=mutations, error=worst, ref_shapes=ref_shapes)
+
+    def _full_size_shapes(self, binding: Binding, closure: list[torch.fx.Node],
+                          outputs: dict[int, int]) -> dict[int, tuple[int, ...]]:
+        """The fused op's output shapes at full size (its fake implementation); each matched value must
+        have as many elements there too, as a full evaluation requires (``x[:13]`` of a longer
+        ``T`` is 13 rows at either size and is no output)."""
+        try:
+            shapes = reference_shapes(binding)
+        except Exception as exc:  # noqa: BLE001 - a reference that needs data: evaluate at full size
+            raise NotScalable(f"the reference cannot run on meta tensors: {exc}") from exc
+        for i, p in outputs.items():
+            if closure[p].meta["val"].numel() != math.prod(shapes[i]):
+                raise NotScalable(f"`{closure[p].name}` has another size than output {i} at full size")
+        return dict(enumerate(shapes))
 
     def _explain_missing_output(self, pattern, binding, closure, env, ref_vals, i, ref) -> _Cached:
         positions = {n: k for k, n in enumerate(closure)}
@@ -310,21 +361,8 @@ def _near_seed(closure: set[torch.fx.Node], seed: torch.fx.Node) -> set[torch.fx
     they read. A shared input (positions feed every layer's index math) otherwise pulls the whole
     model's uses of it into every layer's closure, which makes each layer's closure, and so its
     cache signature, different. Every pattern output depends on the seed (``Pattern.seed``)."""
-    down: set[torch.fx.Node] = set()
-    stack = [u for u in seed.users if u in closure]
-    while stack:
-        n = stack.pop()
-        if n not in down:
-            down.add(n)
-            stack.extend(u for u in n.users if u in closure and u not in down)
-    keep = set(down)
-    stack = list(down)
-    while stack:
-        for a in stack.pop().all_input_nodes:
-            if a in closure and a not in keep:
-                keep.add(a)
-                stack.append(a)
-    return keep
+    down = downstream(seed, closure) - {seed}
+    return reachable(down, closure, lambda n: n.all_input_nodes)
 
 
 def _swaps(binding: Binding) -> list[Binding]:

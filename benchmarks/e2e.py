@@ -100,10 +100,13 @@ ATTENTION_OPS = frozenset({"sparse_attn_sink", "gather_dequant"})  # not part of
 COMPILE_LINEAR_T = 1024         # from this T on, fusegraph.compile time grows ~linearly with T
 PREFILL_COMPILE_T = 128         # prefill T reuse a fusegraph.compile made at this T (every site exists there)
 # fusegraph.compile of the 3-layer flash stack (meta tensors, sm90) on the 2-core CPU machine, by T
-# (s per layer summed): what makes compiling at the prefill T itself impractical.
+# (s per layer summed), before and after commit 863f1a1 (one-thread evaluation on a retained heap,
+# large row-wise candidates verified on 13 token rows): planning no longer grows with T.
 CPU_STACK_COMPILE_S = {1: 10.9, 64: 18.2, 128: 22.9, 256: 50.8, 512: 227.0, 1024: 519.0}
+CPU_STACK_COMPILE_S_863F1A1 = {128: 3.7, 512: 4.1, 2048: 5.8}
 CPU_STACK_COMPILE_NOTE = (", ".join(f"{s:.0f} s at T={t}" for t, s in CPU_STACK_COMPILE_S.items())
-                          + " (at least linear from 512 on: ~35 min at T=4096, hours at T=16384)")
+                          + " before commit 863f1a1; since then "
+                          + ", ".join(f"{s:.1f} s at T={t}" for t, s in CPU_STACK_COMPILE_S_863F1A1.items()))
 REPLAY_RTOL = 1e-5              # CUDA-graph replay vs plain run: bitwise expected, this allowed
 GOAL_DECODE_FUSABLE_X = 3.0     # fusable part at T = 1: x faster than torch.compile + CUDA graphs
 GOAL_PREFILL_LAYER_X = 1.3      # whole layer at prefill T: x faster than torch.compile
@@ -1146,9 +1149,9 @@ class Runner:
                 f"prefill T={','.join(map(str, reused))}: the fused variants run the fusegraph.compile made once per "
                 f"layer at T={opts.prefill_compile_T} (rows: compiled_at_T). The fused graph is a symbolic trace "
                 f"(shape-generic) and every fused op selects its provider again from the real tensors, so it serves "
-                f"any T; its outputs are judged against eager at the run T. Compiling at the prefill T itself does "
-                f"not fit a GPU slot: matching evaluates candidate subgraphs at the graph's shapes, and on a 2-core "
-                f"CPU the 3-layer flash stack took {CPU_STACK_COMPILE_NOTE}")
+                f"any T; its outputs are judged against eager at the run T. One compile serves every prefill T "
+                f"(planning at the prefill T itself: on a 2-core CPU the 3-layer flash stack took "
+                f"{CPU_STACK_COMPILE_NOTE})")
         try:
             for T in opts.tokens:
                 for layer in range(len(self.stack.runners)):

@@ -801,10 +801,10 @@ class Budget:
     def compile_projection(self, layer: int, T: int) -> Optional[float]:
         """Seconds fusegraph.compile is expected to take at T, or None when unknown.
 
-        Matching evaluates candidate subgraphs at the graph's shapes: below ~1k tokens the fixed cost
-        dominates (T=1, 64, 512 cost about the same), above it the time grows ~linearly (flash ratio-4
-        layer on 2 CPU cores: ~40 s at T=512, ~395 s at T=4096). So only compiles at T >= 1024 project,
-        proportionally to T; without one, the compile is attempted under the abort guard."""
+        A conservative guard: before commit 863f1a1 planning grew ~linearly above ~1k tokens (flash
+        ratio-4 layer on 2 CPU cores: ~40 s at T=512, ~395 s at T=4096); since then it is nearly flat
+        in T. Only compiles at T >= 1024 project, proportionally to T; without one, the compile is
+        attempted under the abort guard."""
         big = sorted(p for p in self.compile_s.get(layer, []) if p[0] >= COMPILE_LINEAR_T)
         if not big:
             return None

@@ -173,6 +173,7 @@ class Matcher:
         cut = self._row_cut(pattern, binding, closure)
         if cut is not None:
             try:
+                rows.check_row_sources(cut, closure)
                 cached = self._evaluate_runs(pattern, binding, closure, cut)
                 if cached.kind == "match":
                     return cached

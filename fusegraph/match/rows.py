@@ -17,7 +17,10 @@ large candidate (``MIN_ELEMENTS``) is first evaluated with every ``T`` axis of i
    equals its traced dimension or is it scaled by ``EVAL_ROWS / T`` (``check_shapes``); a literal
    row count (``view(128, ...)``) breaks this or fails to run, and the candidate is evaluated at
    full size;
-4. **outputs have the op's full size**: each matched value's traced size equals the fused op's output
+4. **no rows by position**: a tensor the candidate makes from sizes alone along the token axis
+   (``arange(T) < 64``) could treat rows differently beyond the cut (``check_row_sources``): such a
+   candidate is evaluated at full size;
+5. **outputs have the op's full size**: each matched value's traced size equals the fused op's output
    at full size (its fake implementation on meta tensors), as a full evaluation would require
    (``x[:13]`` is 13 rows at either size but no output at ``T = 128``).
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.fx
 
 from fusegraph.pattern import Dims, Pattern
 
@@ -96,6 +100,22 @@ def check_shapes(cut: RowCut, traced: dict[Any, Any], env: dict[Any, Any]) -> No
         if len(want) != len(got) or not all(cut.fits(tuple(m.shape), tuple(e.shape)) for m, e in zip(want, got)):
             raise NotScalable(f"`{node}` is {[tuple(e.shape) for e in got]} at {cut.rows} rows, "
                               f"traced {[tuple(m.shape) for m in want]} at {cut.full}")
+
+
+def check_row_sources(cut: RowCut, closure: list[torch.fx.Node]) -> None:
+    """Raise ``NotScalable`` if the candidate creates a token-axis tensor from sizes alone.
+
+    ``torch.where(torch.arange(T) < 64, a, b)`` treats rows by position: on ``EVAL_ROWS`` rows every
+    row is below 64 and the candidate would pass for a row-wise reference. Tensors made from sizes
+    (``arange``, ``ones``, ``full``...) along an axis of ``T`` rows send the candidate to full size."""
+    for node in closure:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        if any(isinstance(a.meta.get("val"), torch.Tensor) for a in node.all_input_nodes):
+            continue
+        for t in _tensors(node.meta.get("val")):
+            if cut.full in t.shape:
+                raise NotScalable(f"`{node}` makes a {tuple(t.shape)} tensor from sizes alone (rows by position?)")
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

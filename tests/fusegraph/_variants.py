@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,16 +41,6 @@ NOPE = 448         # nope channels of a 512-wide head
 HEAD = NOPE + ROPE
 BF16 = torch.bfloat16
 F32 = torch.float32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Matching evaluates many tiny tensors: intra-op threads only add overhead (2x CPU time here).
-    Test modules import this fixture to use it; the previous thread count is restored after them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # -- spelled primitives ---------------------------------------------------------------------------

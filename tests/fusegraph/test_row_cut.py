@@ -27,8 +27,6 @@ from fusegraph.models.presets import build_model, example_inputs
 from fusegraph.pattern import Pattern, TensorSpec, concrete_shape
 from fusegraph.patterns import all_patterns
 
-one_thread = _variants.one_thread  # autouse: one intra-op thread while this module runs
-
 
 def _compile_record(model, inputs, monkeypatch, cut: bool) -> tuple[dict, int]:
     """(what the compile decided, how many candidates the cut evaluation matched)."""
@@ -139,3 +137,24 @@ def test_plan_only_for_large_row_candidates():
     assert rows.plan(q_norm, {"T": 16, "H": 64, "Dh": 512}, 1 << 23) is None     # few rows already
     assert rows.plan(q_norm, {"T": 128, "H": 2, "Dh": 512}, 1 << 17) is None      # small: full size
     assert rows.plan(store, {"T": 128, "NP": 64, "B": 37440}, 1 << 23) is None    # mutates a cache
+
+
+def test_positional_row_treatment_is_not_cut():
+    """A tensor made from sizes alone along the token axis (``arange(T) < 64``) may treat rows by
+    position, which 13 rows cannot show: such candidates go to full size; row-wise ones stay cut."""
+    def positional(x):
+        return torch.where((torch.arange(x.size(0)) < 64)[:, None], x * 2, x)
+
+    def rowwise(x):
+        return (x * x).sum(-1, keepdim=True) + x
+
+    cut = rows.RowCut(full=128, rows=rows.EVAL_ROWS)
+    for fn, scalable in ((positional, False), (rowwise, True)):
+        gm = torch.fx.symbolic_trace(fn)
+        fusegraph.capture.propagate(gm, (torch.randn(128, 8),))
+        closure = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+        if scalable:
+            rows.check_row_sources(cut, closure)
+        else:
+            with pytest.raises(rows.NotScalable, match="from sizes alone"):
+                rows.check_row_sources(cut, closure)

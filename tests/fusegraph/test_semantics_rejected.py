@@ -23,13 +23,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import _variants
 import fusegraph
 
 from _variants import (ATTN_SITES, MHC_SITES, AttnBlock, MHCBlock, Variant, assert_close_bf16, attn, mhc,
                        reference_forward, rel_l2)
 
-one_thread = _variants.one_thread  # autouse: one intra-op thread while this module runs
 
 CLASSIFIED = {"literal", "semantics", "dtype form", "view form"}  # kinds that say the math differs
 

@@ -18,12 +18,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import _variants
 import fusegraph
 
 from _variants import Variant, assert_close_bf16, attn, mhc, pool, reference_forward
-
-one_thread = _variants.one_thread  # autouse: one intra-op thread while this module runs
 
 
 def ok(variant: Variant):

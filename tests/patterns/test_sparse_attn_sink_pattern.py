@@ -42,14 +42,6 @@ HEAD = 512
 ROPE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def assert_close(got: Tensor, want: Tensor, what: str, rel: float = 2 ** -7) -> None:
     assert got.shape == want.shape and got.dtype == want.dtype, what
     assert torch.isfinite(got.float()).all(), f"{what}: non-finite values"

@@ -115,8 +115,7 @@ def _decode_warps(block_h: int, block_n: int) -> int:
     return 4 if block_h <= 16 and block_n <= 32 else 8
 
 
-def _resolve_path(num_tokens: int, num_heads: int, num_sms: int, gpu: bool, fields: dict[str, Any],
-                  int32_indices: bool) -> str:
+def _resolve_path(num_tokens: int, num_heads: int, num_sms: int, gpu: bool, fields: dict[str, Any]) -> str:
     path = fields.get("path", "auto")
     if path not in PATHS:
         raise ValueError(f"unknown sparse_attn_sink path {path!r} (one of {PATHS})")
@@ -124,20 +123,16 @@ def _resolve_path(num_tokens: int, num_heads: int, num_sms: int, gpu: bool, fiel
         return path
     if not gpu:  # CPU tests force the one-launch path explicitly; the interpreter default stays put
         return "two_kernel"
-    if not int32_indices:
-        # int64 lists (what models produce) reach the one-launch kernel as int32 words: compiled for
-        # sm90 and interpreter-tested, not yet run on a GPU, so auto keeps them on the measured path
-        return "two_kernel"
     probe = replace(decode_plan(num_heads, gpu), **{k: v for k, v in fields.items() if k != "path"})
     groups = max(1, num_tokens) * cdiv(num_heads, probe.heads_per_program)
     return "one_launch" if groups <= probe.one_launch_max_fill * num_sms else "two_kernel"
 
 
 def make_plan(num_tokens: int, num_heads: int, k_swa: int, k_cmp: int, num_sms: int, gpu: bool,
-              overrides: dict[str, Any] | None = None, int32_indices: bool = True) -> AttnPlan:
+              overrides: dict[str, Any] | None = None) -> AttnPlan:
     """The plan for ``num_tokens`` queries of ``num_heads`` heads over ``k_swa + k_cmp`` indices."""
     fields = {**OVERRIDES, **(overrides or {})}
-    path = _resolve_path(num_tokens, num_heads, num_sms, gpu, fields, int32_indices)
+    path = _resolve_path(num_tokens, num_heads, num_sms, gpu, fields)
     base = decode_plan(num_heads, gpu) if path == "one_launch" else base_plan(num_heads, gpu)
     if path == "one_launch" and gpu and "num_warps" not in fields and ("block_h" in fields or "block_n" in fields):
         base = replace(base, num_warps=_decode_warps(fields.get("block_h", base.block_h),

@@ -146,8 +146,7 @@ def sparse_attn_sink_triton(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_c
     if T == 0:
         return out
     k_swa, k_cmp = swa_idx.shape[1], cmp_idx.shape[1]
-    plan = make_plan(T, H, k_swa, k_cmp, tc.num_sms(device), gpu=device.type == "cuda",
-                     int32_indices=swa_idx.dtype == torch.int32 and cmp_idx.dtype == torch.int32)
+    plan = make_plan(T, H, k_swa, k_cmp, tc.num_sms(device), gpu=device.type == "cuda")
     launch(plan, q, swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin, softmax_scale, swa_page_size,
            cmp_page_size, out)
     return out

@@ -341,8 +341,6 @@ def test_plan_one_launch_for_small_batches():
     assert flash.splits * flash.tiles_per_split >= tiles > (flash.splits - 1) * flash.tiles_per_split
     assert flash.splits * -(-64 // flash.heads_per_program) <= 132                    # one wave
     assert flash.tiles_per_split == 1 and flash.num_stages == 1                       # ~one tile a program
-    # int64 index lists (one-launch kernel reads them as int32 words, not yet GPU-run) stay on two kernels
-    assert attn_plan.make_plan(1, 64, 128, 512, 132, True, int32_indices=False).path == "two_kernel"
     for T, H, Kc in ((1, 128, 1024), (8, 64, 512), (512, 64, 512)):
         assert attn_plan.make_plan(T, H, 128, Kc, num_sms=132, gpu=True).path == "two_kernel"
     forced = attn_plan.make_plan(1, 128, 128, 1024, 132, True, {"path": "one_launch"})

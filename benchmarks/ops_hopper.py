@@ -25,7 +25,11 @@ Cases:
 Method: the harness's (``benchmarks/harness.py``): CUDA-graph replay of one call per input set, sets
 rotated so that each replay touches at least twice the L2 (the inputs of one (op, rows) group are
 shared by its cases). The cache has about as many slots as there are rows (``cache_slots``), the T
-distinct random slots scattered over all of it. Every case's written cache is compared with the
+distinct slots in one of two layouts (``SLOT_LAYOUTS``): ``scattered``, a random permutation of all
+slots (every row lands somewhere else: the worst case, the default of every op), and, for
+store_fp8_paged at ``PAGED_ROWS`` (name suffix ``@paged``), ``paged``: whole pages in random order,
+each page's slots in order, which is how paged-attention engines lay out a batch (a sequence's
+tokens fill its pages one after the other; vLLM and SGLang hand out slots a page at a time). Every case's written cache is compared with the
 reference's first (``err``: 0 expected, the writers being bit-exact); a case that differs is
 reported and never suggested. Base cases also time eager; sweep cases do not (time).
 
@@ -67,6 +71,7 @@ from fusegraph.kernels.store_fp8_paged import cuda as store_cuda
 ROWS = (1, 64, 1024, 4096, 16384)
 GOAL_ROWS, GOAL_PCT_COPY = 16384, 80.0   # issue #6: >= 80 % of copy bandwidth at 16384 rows
 SUBSET_ROWS = 4096
+PAGED_ROWS = (16384, 4096)               # store_fp8_paged@paged: the goal row count and the subset's
 PAGE_SIZE, QUANT_EPS = 64, 1e-4
 MARGIN = 0.03                            # a CUDA copy must beat Triton by this much to be suggested
 CONFIRM = 3                              # entries per op and kind re-timed at GOAL_ROWS
@@ -89,6 +94,11 @@ CUDA_SWEEP = (
     "tma/r8/w4/flat", "tma/r8/w2/flat", "tma/r4/w4/flat", "tma/r4/w8/flat", "tma/r2/w8/flat", "tma/r1/w16/flat",
     "tma/r8/w4/persistent", "tma/r2/w8/persistent",
 )
+# store_fp8_paged@paged (at PAGED_ROWS): the bulk copies (a run of one page's slots is one bulk copy a task)
+# and the vector copies that led the scattered sweeps
+PAGED_SWEEP = ("bulk/r8/w4/flat", "bulk/r8/w2/flat", "bulk/r8/w8/flat", "bulk/r4/w4/flat", "bulk/r4/w8/flat",
+               "bulk/r2/w4/flat", "bulk/r8/w4/persistent", "vector/r2/w8/flat/stream", "vector/r2/w4/flat",
+               "vector/r1/w4/flat", "vector/r4/w4/flat/stream")
 CUDA_SUBSET = ("vector/r1/w4/flat", "vector/r1/w8/flat", "vector/r2/w4/flat", "vector/r2/w8/flat", "vector/r4/w2/flat",
                "vector/r4/w4/flat", "vector/r8/w2/flat", "vector/r4/w4/flat/stream", "vector/r1/w8/persistent",
                "bulk/r1/w8/flat", "bulk/r2/w4/flat", "tma/r4/w4/flat", "tma/r2/w8/flat", "tma/r1/w16/flat")
@@ -108,8 +118,17 @@ def cache_slots(T: int) -> int:
     return max(-(-T // PAGE_SIZE), 1) * PAGE_SIZE
 
 
-def _slots(T: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randperm(cache_slots(T), device=device)[:T].to(dtype)
+def _slots(T: int, device: torch.device, dtype: torch.dtype, layout: str = "scattered") -> torch.Tensor:
+    """T distinct slots of the cache (``cache_slots``) in ``layout`` (one of ``SLOT_LAYOUTS``)."""
+    if layout == "scattered":
+        return torch.randperm(cache_slots(T), device=device)[:T].to(dtype)
+    if layout == "paged":
+        pages = torch.randperm(cache_slots(T) // PAGE_SIZE, device=device)
+        return (pages[:, None] * PAGE_SIZE + torch.arange(PAGE_SIZE, device=device)).flatten()[:T].to(dtype)
+    raise ValueError(f"unknown slot layout {layout!r} (one of {SLOT_LAYOUTS})")
+
+
+SLOT_LAYOUTS = ("scattered", "paged")
 
 
 def set_mla_inputs(T: int, device: torch.device) -> tuple:
@@ -119,12 +138,16 @@ def set_mla_inputs(T: int, device: torch.device) -> tuple:
     return (buffer, _slots(T, device, torch.int32), nope, rope)
 
 
-def store_inputs(T: int, device: torch.device) -> tuple:
+def store_inputs(T: int, device: torch.device, layout: str = "scattered") -> tuple:
     pages = cache_slots(T) // PAGE_SIZE
     cache = torch.zeros(pages, PagedLayout(PAGE_SIZE).bytes_per_page, dtype=torch.uint8, device=device)
     nope = torch.randn(T, 448, device=device).bfloat16()
     rope = torch.randn(T, 64, device=device).bfloat16()
-    return (cache, _slots(T, device, torch.int64), nope, rope, PAGE_SIZE, QUANT_EPS)
+    return (cache, _slots(T, device, torch.int64, layout), nope, rope, PAGE_SIZE, QUANT_EPS)
+
+
+def store_inputs_paged(T: int, device: torch.device) -> tuple:
+    return store_inputs(T, device, "paged")
 
 
 def floor_bytes(op: str, args: tuple) -> int:
@@ -152,11 +175,21 @@ class WriterOp:
     launch: Callable[..., None]
     copies: tuple[str, ...]                               # the CUDA copies it has
     triton_launch: Optional[Callable[..., None]] = None  # with a config argument (swept), if any
+    layout: str = "scattered"                            # its slots (SLOT_LAYOUTS)
+    rows: tuple[int, ...] = ROWS                          # the row counts of its base cases
+    sweep: Optional[tuple[str, ...]] = None               # its sweep at every row count (None: CUDA_SWEEP / _SUBSET)
+
+    @property
+    def key(self) -> str:
+        """Case-name prefix: the op, and the slot layout unless scattered (``store_fp8_paged@paged``)."""
+        return self.name if self.layout == "scattered" else f"{self.name}@{self.layout}"
 
 
 WRITER_OPS = (WriterOp("set_mla_kv_buffer", set_mla_inputs, set_mla_cuda.launch, ("vector", "bulk", "tma"),
                        set_mla_triton.launch),
-              WriterOp("store_fp8_paged", store_inputs, store_cuda.launch, ("vector", "bulk")))
+              WriterOp("store_fp8_paged", store_inputs, store_cuda.launch, ("vector", "bulk")),
+              WriterOp("store_fp8_paged", store_inputs_paged, store_cuda.launch, ("vector", "bulk"), layout="paged",
+                       rows=PAGED_ROWS, sweep=PAGED_SWEEP))
 
 
 def _cuda(launch: Callable[..., None], spec: str) -> Callable[..., None]:
@@ -187,7 +220,7 @@ def _triton_config(launch: Callable[..., None], spec: str) -> Callable[..., None
 
 def _case(op: WriterOp, T: int, size: str, fused: Callable[..., None]) -> BenchCase:
     goals = (Goal("min_pct_copy", GOAL_PCT_COPY),) if T >= GOAL_ROWS else ()
-    return BenchCase(name=f"{op.name}+{fused.__name__}", op=op.name, T=T, size=size, make_inputs=op.make_inputs,
+    return BenchCase(name=f"{op.key}+{fused.__name__}", op=op.name, T=T, size=size, make_inputs=op.make_inputs,
                      eager=ops.get(op.name).reference, fused=fused, bytes_floor=floor_for(op.name, T),
                      goals=goals, compile=False, mutated=0)
 
@@ -198,8 +231,8 @@ def base_cases(op: WriterOp, T: int, size: str = "flash") -> list[BenchCase]:
 
 def sweep_cases(op: WriterOp, T: int, size: str = "flash") -> list[BenchCase]:
     full = T >= GOAL_ROWS
-    cases = [_case(op, T, size, _cuda(op.launch, spec)) for spec in (CUDA_SWEEP if full else CUDA_SUBSET)
-             if spec.split("/")[0] in op.copies]
+    specs = op.sweep if op.sweep is not None else (CUDA_SWEEP if full else CUDA_SUBSET)
+    cases = [_case(op, T, size, _cuda(op.launch, spec)) for spec in specs if spec.split("/")[0] in op.copies]
     if op.triton_launch is not None:
         cases += [_case(op, T, size, _triton_config(op.triton_launch, spec))
                   for spec in (TRITON_SWEEP if full else TRITON_SUBSET)]
@@ -209,7 +242,7 @@ def sweep_cases(op: WriterOp, T: int, size: str = "flash") -> list[BenchCase]:
 @register_family("hopper")
 def hopper_cases(tokens: Sequence[int], sizes: Sequence[str]) -> list[BenchCase]:
     """The base cases (``benchmarks.ops``); the sweep is this module's command only."""
-    return [c for op in WRITER_OPS for T in ROWS for c in base_cases(op, T, sizes[0])]
+    return [c for op in WRITER_OPS for T in op.rows for c in base_cases(op, T, sizes[0])]
 
 
 def planned_cases() -> list[BenchCase]:
@@ -220,6 +253,8 @@ def planned_cases() -> list[BenchCase]:
     cases = []
     for T in order:
         for op in WRITER_OPS:
+            if T not in op.rows:
+                continue
             cases += base_cases(op, T)
             if T in (GOAL_ROWS, SUBSET_ROWS):
                 cases += sweep_cases(op, T)
@@ -229,6 +264,11 @@ def planned_cases() -> list[BenchCase]:
 def label_of(case_name: str) -> str:
     """``"set_mla_kv_buffer+cuda_vector/r4/w4/flat"`` -> ``"cuda_vector/r4/w4/flat"``."""
     return case_name.split("+", 1)[1]
+
+
+def key_of(case_name: str) -> str:
+    """``"store_fp8_paged@paged+cuda_bulk"`` -> ``"store_fp8_paged@paged"`` (a ``WriterOp.key``)."""
+    return case_name.split("+", 1)[0]
 
 
 def writer_of(label: str) -> str:
@@ -341,7 +381,7 @@ def run_cases(cases: Sequence[BenchCase], device: torch.device, replays: int, co
         if time.time() - t0 > budget_s:
             run.skipped.append(case.name + f" T={case.T}")
             continue
-        key = (case.op, case.T)
+        key = (key_of(case.name), case.T)
         if group is None or group.key != key:
             group = None
             torch.cuda.empty_cache()
@@ -349,10 +389,10 @@ def run_cases(cases: Sequence[BenchCase], device: torch.device, replays: int, co
             try:
                 run.copies[key] = same_size_copy(floor_for(case.op, case.T), device, replays)
                 c = run.copies[key]
-                log(f"[{time.time() - t0:6.1f}s] same-size copy {case.op} T={case.T}: {2 * c.nbytes / 1e6:.2f} MB "
+                log(f"[{time.time() - t0:6.1f}s] same-size copy {key[0]} T={case.T}: {2 * c.nbytes / 1e6:.2f} MB "
                     f"in {c.us:.2f} us ({c.gbps:.0f} GB/s, {100 * c.gbps / copy_gbps:.0f}% of copy bandwidth)")
             except Exception as exc:
-                log(f"same-size copy {case.op} T={case.T} failed: {type(exc).__name__}: {exc}")
+                log(f"same-size copy {key[0]} T={case.T} failed: {type(exc).__name__}: {exc}")
         base = label_of(case.name) in BASE_LABELS.values()
         r = run_light(case, group, device, replays, copy_gbps, with_eager=base)
         run.results.append(r)
@@ -368,7 +408,7 @@ def confirm(run: Run, cases: Sequence[BenchCase], device: torch.device, replays:
     by_name = {c.name: c for c in cases if c.T == GOAL_ROWS}
     picked: list[harness.CaseResult] = []
     for op in WRITER_OPS:
-        ok = [r for r in run.results if r.op == op.name and r.T == GOAL_ROWS and r.fused_us and not r.error
+        ok = [r for r in run.results if key_of(r.name) == op.key and r.T == GOAL_ROWS and r.fused_us and not r.error
               and r.max_rel_err == 0.0]
         for triton_kind in (False, True):
             kind = sorted((r for r in ok if label_of(r.name).startswith("triton") == triton_kind),
@@ -378,12 +418,12 @@ def confirm(run: Run, cases: Sequence[BenchCase], device: torch.device, replays:
         return
     sets: dict[str, list[tuple]] = {}
     for r in picked:
-        if r.op not in sets:
-            sets[r.op] = harness.input_sets(by_name[r.name], device)
+        if key_of(r.name) not in sets:
+            sets[key_of(r.name)] = harness.input_sets(by_name[r.name], device)
     times = {r.name: [r.fused_us] for r in picked}
     for _ in range(2):
         for r in picked:
-            times[r.name].append(harness.time_graph(by_name[r.name].fused, sets[r.op], replays))
+            times[r.name].append(harness.time_graph(by_name[r.name].fused, sets[key_of(r.name)], replays))
     for r in picked:
         r.fused_us = statistics.median(times[r.name])
         r.achieved_gbps = r.floor_bytes / (r.fused_us * 1e-6) / 1e9
@@ -431,10 +471,11 @@ def summarize(run: Run, copy_gbps: float, source: str) -> str:
     lines = [f"copy bandwidth (2 GiB device copy, the goal's reference): {copy_gbps:.0f} GB/s; "
              f"goal: >= {GOAL_PCT_COPY:.0f}% at {GOAL_ROWS} rows"]
     for op in WRITER_OPS:
-        mine = [r for r in run.results if r.op == op.name]
+        mine = [r for r in run.results if key_of(r.name) == op.key]
         if not mine:
             continue
-        lines.append(f"{op.name}: % of copy bandwidth (us); same-size copy: a plain copy of the same bytes")
+        lines.append(f"{op.key}: % of copy bandwidth (us), slots {op.layout}; same-size copy: a plain copy of the "
+                     "same bytes")
         lines.append("  rows    " + "".join(f"{lab:>20s}" for lab in BASE_LABELS.values()) + "      same-size copy")
         times: dict[int, dict[str, float]] = {}
         best_triton: dict[int, tuple[float, str]] = {}
@@ -442,7 +483,7 @@ def summarize(run: Run, copy_gbps: float, source: str) -> str:
             at_T = {label_of(r.name): r for r in mine if r.T == T}
             cells = "".join(f"{at_T[lab].floor_pct_copy:>11.0f}% ({at_T[lab].fused_us:5.2f})"
                             if lab in at_T and _usable(at_T[lab]) else f"{'-':>20s}" for lab in BASE_LABELS.values())
-            c = run.copies.get((op.name, T))
+            c = run.copies.get((op.key, T))
             same = f"{c.us:8.2f} us = {100 * c.gbps / copy_gbps:3.0f}%" if c else ""
             lines.append(f"  {T:<8d}{cells}  {same}")
             for lab, r in at_T.items():
@@ -457,7 +498,7 @@ def summarize(run: Run, copy_gbps: float, source: str) -> str:
                     times.setdefault(T, {})[writer] = min(r.fused_us, times.get(T, {}).get(writer, float("inf")))
         for T in sorted({r.T for r in mine if label_of(r.name) not in BASE_LABELS.values()}):
             ranked = sorted((r for r in mine if r.T == T and _usable(r)), key=lambda r: r.fused_us)
-            c = run.copies.get((op.name, T))
+            c = run.copies.get((op.key, T))
             lines.append(f"  sweep at {T} rows, fastest first (us, % of copy bandwidth"
                          + (f", % of the same-size copy's {c.us:.2f} us" if c else "") + "; * = median of 3):")
             for r in ranked[:SHOWN]:

@@ -22,8 +22,13 @@
 // the loads use too), or (kBulk = true, sm90+)
 // staged in the warp's shared-memory slot and written by lane r with one cp.async.bulk per token
 // (576 = 36 * 16 bytes; fence.proxy.async before it, wait_group.read before the slot is reused,
-// wait_group 0 before exit). The 8 scale bytes are not 16-byte aligned: lane 0 writes them with one
-// 8-byte store.
+// wait_group 0 before exit). When the task's slots are one run of consecutive rows of one page (how
+// serving engines allocate: a sequence's tokens fill its pages in order), the staged rows are already
+// in cache order and lane 0 writes them all with one cp.async.bulk of kRows * 576 bytes. The 8 scale
+// bytes of a token are not 16-byte aligned: one 8-byte store each, by lane 0 as the token is written
+// (vector copy), or by lane r for token r after the task's rows (bulk copy: for a run of slots one
+// coalesced 8 * kRows-byte warp access instead of kRows partial ones; the vector copy keeps no extra
+// registers across its loop, where 4-row tasks sit at the 64-register cap).
 #include <cuda_fp8.h>
 
 #include "kv_writer.cuh"
@@ -168,15 +173,14 @@ store_fp8_kernel(const __grid_constant__ Params p) {
       if (lane < kRows) bulk_wait_read();
       __syncwarp();
     }
+    uint2 my_scales = make_uint2(0u, 0u);  // lane r < kRows: token r's scale bytes
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int64_t s = __shfl_sync(kFullMask, my_slot, r);
       if (s < 0) continue;  // padding or past the end (uniform over the warp)
       const QuantizedToken t = quantize_token(a[r], b[r], b_is_nope, p.quant_eps);
-      int64_t page, in_page;
-      split_slot(s, p.page_size, p.page_shift, &page, &in_page);
-      unsigned char* page_base = p.cache + page * p.page_stride;
       if (kBulk) {
+        if (lane == r) my_scales = t.scales;
         unsigned char* out = stage + r * kRowBytes;
         reinterpret_cast<uint2*>(out)[lane] = t.q_a;
         if (b_is_nope) {
@@ -185,6 +189,9 @@ store_fp8_kernel(const __grid_constant__ Params p) {
           reinterpret_cast<uint4*>(out + kNope)[lane - 24] = b[r];  // rope bf16, bytes as loaded
         }
       } else {
+        int64_t page, in_page;
+        split_slot(s, p.page_size, p.page_shift, &page, &in_page);
+        unsigned char* page_base = p.cache + page * p.page_stride;
         unsigned char* out = page_base + in_page * kRowBytes;
         store_vec<8, kHint>(out + 8 * lane, t.q_a);
         if (b_is_nope) {
@@ -192,16 +199,28 @@ store_fp8_kernel(const __grid_constant__ Params p) {
         } else {
           store_vec<16, kHint>(out + kNope + 16 * (lane - 24), b[r]);  // rope bf16, bytes as loaded
         }
+        if (lane == 0) store_vec<8, kHint>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes, t.scales);
       }
-      if (lane == 0) store_vec<8, kHint>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes, t.scales);
     }
     if (kBulk) {
+      int64_t my_page = 0, my_row = 0;  // lane r < kRows with a slot: where token r goes
+      if (lane < kRows && my_slot >= 0) {
+        split_slot(my_slot, p.page_size, p.page_shift, &my_page, &my_row);
+        store_vec<8, kHint>(p.cache + my_page * p.page_stride + p.page_size * kRowBytes + my_row * kScaleBytes,
+                            my_scales);
+      }
       fence_proxy_async();  // every writer: its shared-memory stores become visible to the async proxy
       __syncwarp();
-      if (lane < kRows && my_slot >= 0) {
-        int64_t page, in_page;
-        split_slot(my_slot, p.page_size, p.page_shift, &page, &in_page);
-        bulk_store(p.cache + page * p.page_stride + in_page * kRowBytes, stage + lane * kRowBytes, kRowBytes);
+      // one run: every token r has slot slot0 + r in slot0's page (lanes past kRows vote yes)
+      const int64_t slot0 = __shfl_sync(kFullMask, my_slot, 0);
+      const int64_t row0_in_page = __shfl_sync(kFullMask, my_row, 0);
+      const bool one_run = __all_sync(kFullMask, lane >= kRows || (my_slot >= 0 && my_slot == slot0 + lane)) &&
+                           row0_in_page + kRows <= p.page_size;
+      unsigned char* const first_row = p.cache + __shfl_sync(kFullMask, my_page, 0) * p.page_stride;
+      if (one_run) {
+        if (lane == 0) bulk_store(first_row + row0_in_page * kRowBytes, stage, kRows * kRowBytes);
+      } else if (lane < kRows && my_slot >= 0) {
+        bulk_store(p.cache + my_page * p.page_stride + my_row * kRowBytes, stage + lane * kRowBytes, kRowBytes);
       }
     }
   });

@@ -323,6 +323,21 @@ def test_benchmark_floor_is_inputs_read_once_plus_rows_written_once(op, per_row)
         assert slots.unique().numel() == T and int(slots.max()) < ops_hopper.cache_slots(T)  # distinct, in the cache
 
 
+def test_benchmark_paged_slots_are_page_runs():
+    """The paged layout: T distinct slots of the cache, each page's slots in order, pages shuffled."""
+    P = ops_hopper.PAGE_SIZE
+    torch.manual_seed(0)
+    for T in (1, P - 1, 3 * P + 5, 16 * P):
+        slots = ops_hopper._slots(T, torch.device("cpu"), torch.int64, "paged")
+        assert slots.unique().numel() == T and int(slots.max()) < ops_hopper.cache_slots(T)
+        pages = slots // P
+        assert torch.equal(slots % P, torch.arange(T) % P)              # in-page rows in order, from row 0
+        assert bool((pages.view(-1)[:T // P * P].view(-1, P) == pages[:T // P * P:P, None]).all())  # one page a run
+    assert not torch.equal(pages[::P], torch.arange(16))                # pages shuffled (16! orders)
+    with pytest.raises(ValueError, match="slot layout"):
+        ops_hopper._slots(4, torch.device("cpu"), torch.int64, "sorted")
+
+
 def test_benchmark_suggests_dispatch_steps():
     times = {1: {"triton": 1.2, "vector": 1.3, "bulk": 1.4}, 64: {"triton": 1.3, "vector": 1.28, "bulk": 1.4},
              1024: {"triton": 2.0, "vector": 1.5, "bulk": 1.6}, 16384: {"triton": 14.0, "vector": 9.0, "bulk": 8.0}}
@@ -350,13 +365,15 @@ def test_benchmark_cases():
     """Base cases for benchmarks.ops; the command's plan: the goal row count first, every sweep spec
     valid, unique names per row count, 80 % goals at 16384 rows only."""
     base = ops_hopper.hopper_cases((), ["flash"])
-    assert {c.T for c in base} == set(ops_hopper.ROWS) and len(base) == (4 + 3) * len(ops_hopper.ROWS)
+    paged = [c for c in base if ops_hopper.key_of(c.name) == "store_fp8_paged@paged"]
+    assert {c.T for c in base} == set(ops_hopper.ROWS) and len(base) == (4 + 3) * len(ops_hopper.ROWS) + len(paged)
+    assert len(paged) == 3 * len(ops_hopper.PAGED_ROWS) and all(c.op == "store_fp8_paged" for c in paged)
     planned = ops_hopper.planned_cases()
     assert planned[0].T == ops_hopper.GOAL_ROWS and planned[-1].T == 1
     assert len({(c.name, c.T) for c in planned}) == len(planned)
     assert all(c.goals for c in planned if c.T == ops_hopper.GOAL_ROWS)
     assert not any(c.goals for c in planned if c.T != ops_hopper.GOAL_ROWS)
-    for spec in ops_hopper.CUDA_SWEEP + ops_hopper.CUDA_SUBSET:
+    for spec in ops_hopper.CUDA_SWEEP + ops_hopper.CUDA_SUBSET + ops_hopper.PAGED_SWEEP:
         assert kw.Variant.parse(spec).spec == spec
     for spec in ops_hopper.TRITON_SWEEP + ops_hopper.TRITON_SUBSET:
         assert set_mla_triton.Config.parse(spec).spec == spec
@@ -649,9 +666,23 @@ def written_mask(num_pages, page_size, loc):
     return mask
 
 
+def page_runs(T, num_pages, page_size, dtype, g, device, invalid=()):
+    """T slots as a paged-attention engine hands them out: pages in random order, each page's slots in
+    order, starting 3 rows into the first page (so warp tasks straddle page ends), entries at
+    ``invalid`` (and every 97th) set to -1."""
+    pages = torch.randperm(num_pages, generator=g)
+    loc = (pages[:, None] * page_size + torch.arange(page_size)).flatten()[3:3 + T].to(dtype)
+    assert loc.numel() == T
+    for i in (*invalid, *range(3, T, 97)):
+        if 0 <= i < T:
+            loc[i] = -1
+    return loc.to(device)
+
+
 @functools.lru_cache(maxsize=None)
-def store_case(T, page_size, loc_dtype, views=False):
-    """(k_nope, k_rope, loc on the GPU; expected cache for POISONS[0], written-bytes mask), cached."""
+def store_case(T, page_size, loc_dtype, views=False, runs=False):
+    """(k_nope, k_rope, loc on the GPU; expected cache for POISONS[0], written-bytes mask), cached;
+    ``runs``: slots in page runs (``page_runs``), else scattered."""
     device = torch.device("cuda")
     g = torch.Generator().manual_seed(T * 7 + page_size)
     if views:  # nope / rope as the two parts of one kv row
@@ -661,16 +692,19 @@ def store_case(T, page_size, loc_dtype, views=False):
         nope = (torch.randn(T, 448, generator=g) * torch.logspace(-3, 1, 448)).to(torch.bfloat16).to(device)
         rope = torch.randn(T, 64, generator=g).to(torch.bfloat16).to(device)
     num_pages = max(2, -(-3 * T // page_size))
-    loc = slots(T, num_pages * page_size, loc_dtype, g, device, invalid=(1, T - 1))
+    if runs:
+        loc = page_runs(T, num_pages, page_size, loc_dtype, g, device, invalid=(1, T - 1))
+    else:
+        loc = slots(T, num_pages * page_size, loc_dtype, g, device, invalid=(1, T - 1))
     expected = torch.full((num_pages, _fp8.PagedLayout(page_size).bytes_per_page), POISONS[0], dtype=torch.uint8)
     STORE.reference(expected, loc.cpu(), nope.cpu(), rope.cpu(), page_size, QUANT_EPS)
     return nope, rope, loc, expected.to(device), written_mask(num_pages, page_size, loc).to(device)
 
 
-def check_store(variant, T, page_size, loc_dtype, views=False):
+def check_store(variant, T, page_size, loc_dtype, views=False, runs=False):
     """Two runs on caches poisoned with different bytes: untouched bytes keep the poison, every byte of a
     written slot is written (the same in both runs), and the bytes are the reference's."""
-    nope, rope, loc, expected, mask = store_case(T, page_size, loc_dtype, views)
+    nope, rope, loc, expected, mask = store_case(T, page_size, loc_dtype, views, runs)
     caches = []
     for poison in POISONS:
         cache = torch.full_like(expected, poison)
@@ -703,6 +737,17 @@ def test_store_task_shapes(built, shape, T, page_size, loc_dtype):
     """Every instantiation (rows x hint x copy), with flat, capped persistent and wide grids; pages of a
     power of two (shift) and not (division)."""
     check_store(f"{shape}/{GRID_OF_ROWS[T]}", T, page_size, loc_dtype, views=T == 4099)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("shape", [f"bulk/r{r}" for r in (1, 2, 4, 8)] + ["vector/r8/nc", "vector/r4/stream"])
+@pytest.mark.parametrize("T,page_size,loc_dtype", [(5, 5, torch.int64), (4099, 64, torch.int32),
+                                                   (16383, 8, torch.int64), (3001, 6, torch.int32)])
+def test_store_page_runs(built, shape, T, page_size, loc_dtype):
+    """Slots in page runs (the bulk copy writes a task whose slots are one run of a page with one copy):
+    runs that straddle page ends, pages shorter than a task, padding inside runs."""
+    check_store(f"{shape}/{GRID_OF_ROWS.get(T, 'flat/w4')}", T, page_size, loc_dtype, runs=True)
 
 
 @pytest.mark.gpu

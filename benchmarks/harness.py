@@ -20,8 +20,14 @@ Method (per case):
   (50 MB on H100/H200), so each call of a replay reads cold inputs (no L2 reuse between calls).
 * eager (plain torch), torch.compile (of ``eager``, one compiled function per op and preset; T is
   dynamic) and fused (``fused`` or, by default, the provider the op's dispatch selects) are each
-  warmed up, captured into one CUDA graph calling the function once per input set, and replayed
-  back to back; the time per call is the median over replays of (replay time / number of sets).
+  warmed up, captured into one CUDA graph calling the function once per input set (the sets
+  cycled until the graph makes at least ``MIN_CALLS`` calls, unless a call takes longer than
+  ``LONG_CALL_US``), and replayed back to back; the time per call is the median over replays of
+  (replay time / calls). Why cycle: the GPU-side gap between two graph replays (~2-3 µs on an
+  H100) is paid once per replay; at 4 sets of 26 MB it added 0.6-0.7 µs to a 11 µs kernel (6%),
+  at 32 calls 0.1 µs (``benchmarks/results/writers_h100_ddbf5ee.log`` predates this; the A/B is in
+  ``benchmarks/results/graph_calls_h100.log``). A set comes back after the others, which together
+  exceed the L2, so inputs stay cold. Before 2026-11-21 evening (commit after ddbf5ee) one pass.
 * ``bytes_floor``: every tensor input read once plus every output written once (unless the case
   gives its own), so ``floor / fused time`` is the achieved bandwidth, compared with a
   device-to-device copy measured once per run (2 GiB, event-timed plain ``copy_`` calls, median:
@@ -51,6 +57,8 @@ L2_BYTES = 50 * 2 ** 20            # H100 / H200
 ROTATE_BYTES = 2 * L2_BYTES         # input bytes per replay: at least twice the L2
 MAX_SETS = 64                       # input sets per graph
 MAX_SET_MEMORY = 6 * 2 ** 30        # cap on the memory held by rotating input sets
+MIN_CALLS = 32                      # calls per graph replay (sets cycled), see the module docstring
+LONG_CALL_US = 500.0                # calls this long make one pass over the sets (the gap is noise)
 
 DEFAULT_TOKENS = (1, 32, 512, 4096, 16384)
 QUICK_TOKENS = (1, 32, 4096)
@@ -239,16 +247,32 @@ def replay_times_ms(graph: torch.cuda.CUDAGraph, replays: int, backlog_cycles: i
     return [events[i].elapsed_time(events[i + 1]) for i in range(replays)]
 
 
-def time_graph(fn: Callable[..., Any], sets: list[tuple], replays: int) -> float:
-    """Median microseconds per call of ``fn`` over CUDA-graph replays that call it once per set."""
-    def call_every_set() -> None:
-        for args in sets:
-            fn(*args)
+def graph_calls(n_sets: int, pass_us: float, min_calls: int = MIN_CALLS) -> int:
+    """Calls per graph replay: whole passes over the ``n_sets`` sets until at least ``min_calls``,
+    one pass when a call takes ``LONG_CALL_US`` or more (``pass_us``: one pass's time per call)."""
+    if pass_us >= LONG_CALL_US or n_sets >= min_calls:
+        return n_sets
+    return n_sets * math.ceil(min_calls / n_sets)
 
-    graph, _ = capture_graph(call_every_set)
+
+def time_graph(fn: Callable[..., Any], sets: list[tuple], replays: int, min_calls: int = MIN_CALLS) -> float:
+    """Median microseconds per call of ``fn`` over CUDA-graph replays that call it on the sets in
+    turn, :func:`graph_calls` calls a replay (one pass over the sets is timed first to decide)."""
+    def calls_of(n: int) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(n):
+                fn(*sets[i % len(sets)])
+        return run
+
+    graph, _ = capture_graph(calls_of(len(sets)))
+    pass_us = statistics.median(replay_times_ms(graph, min(replays, 5), 2_000_000)) * 1e3 / len(sets)
+    calls = graph_calls(len(sets), pass_us, min_calls)
+    if calls != len(sets):
+        del graph
+        graph, _ = capture_graph(calls_of(calls))
     per_replay_ms = replay_times_ms(graph, replays, 2_000_000)
     del graph
-    return statistics.median(per_replay_ms) * 1e3 / len(sets)
+    return statistics.median(per_replay_ms) * 1e3 / calls
 
 
 COPY_BYTES = 2 * 2 ** 30  # per buffer: far past the L2, long enough that launch cost is noise

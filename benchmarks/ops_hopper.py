@@ -89,7 +89,7 @@ CUDA_SWEEP = (
     *(f"vector/r{r}/w16/flat/{h}" for r in (8, 4) for h in ("plain", "stream")),
     "vector/r2/w8/flat/stream",
     "bulk/r1/w8/persistent", "bulk/r1/w8/flat", "bulk/r2/w4/flat", "bulk/r4/w4/flat", "bulk/r4/w8/persistent",
-    "bulk/r8/w4/flat",
+    "bulk/r8/w4/flat", "bulk/r8/w8/flat", "bulk/r8/w2/flat",
     # set_mla_kv_buffer only (no registers hold the rows: occupancy bounded by the staged bytes)
     "tma/r8/w4/flat", "tma/r8/w2/flat", "tma/r4/w4/flat", "tma/r4/w8/flat", "tma/r2/w8/flat", "tma/r1/w16/flat",
     "tma/r8/w4/persistent", "tma/r2/w8/persistent",

@@ -46,11 +46,11 @@ def load(paths: Sequence[str]) -> dict[str, Any]:
             for r in data.get(key, []):
                 keep[tuple(r[k] for k in ident)] = r
             merged[key] = list(keep.values())
-        # One row per goal: a measured verdict replaces "not measured" from another run.
+        # One row per goal: a measured verdict replaces "not measured" and an earlier file's verdict
+        # (later files win, as for the rows the verdict is computed from).
         goals: dict[str, dict[str, Any]] = {}
         for g in merged.get("goals", []) + data.get("goals", []):
-            old = goals.get(g["name"])
-            if old is None or (old.get("passed") is None and g.get("passed") is not None):
+            if g["name"] not in goals or g.get("passed") is not None:
                 goals[g["name"]] = g
         merged["goals"] = list(goals.values())
         merged["notes"] = list(dict.fromkeys(merged.get("notes", []) + data.get("notes", [])))

@@ -121,13 +121,15 @@ __device__ __forceinline__ QuantizedToken quantize_token(const uint4& a, const u
   QuantizedToken t;
   t.q_a = quantize8(a, e_a);
   t.q_b = quantize8(b, e_b);
-  // scale bytes: tile t's exponent lives in lane 8t (t < 4: e_a; t >= 4: e_b of lane 8(t-4))
-  uint32_t lo = 0u, hi = 0u;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) lo |= static_cast<uint32_t>(__shfl_sync(kFullMask, e_a, 8 * k) + 127) << (8 * k);
-#pragma unroll
-  for (int k = 0; k < 3; ++k) hi |= static_cast<uint32_t>(__shfl_sync(kFullMask, e_b, 8 * k) + 127) << (8 * k);
-  t.scales = make_uint2(lo, hi);  // byte 7 (the pad) stays zero
+  // scale bytes: tile t's exponent lives in lane 8t (t < 4: e_a; t >= 4: e_b of lane 8(t-4)); lane 8t
+  // puts its biased byte at byte t of a word and one OR over the warp packs each word (byte 7, the
+  // pad, stays zero: lane 24 gives nothing to the second word)
+  const int lane = threadIdx.x & 31;
+  const bool leader = (lane & 7) == 0;
+  const uint32_t shift = 8u * static_cast<uint32_t>(lane >> 3);
+  const uint32_t lo = __reduce_or_sync(kFullMask, leader ? static_cast<uint32_t>(e_a + 127) << shift : 0u);
+  const uint32_t hi = __reduce_or_sync(kFullMask, leader && b_is_nope ? static_cast<uint32_t>(e_b + 127) << shift : 0u);
+  t.scales = make_uint2(lo, hi);
   return t;
 }
 
@@ -159,7 +161,7 @@ store_fp8_kernel(const __grid_constant__ Params p) {
 
   for_each_task<kRows>(rows, [&](const int row0) {
     const int64_t my_slot = load_slot_if(lane < kRows && row0 + lane < rows, p.in, row0 + lane);
-    uint4 a[kRows], b[kRows];
+    uint4 a[kRows] = {}, b[kRows] = {};  // rows past the end stay zero (quantized, never stored)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       if (row0 + r < rows) {  // uniform over the warp
@@ -174,12 +176,13 @@ store_fp8_kernel(const __grid_constant__ Params p) {
       __syncwarp();
     }
     uint2 my_scales = make_uint2(0u, 0u);  // lane r < kRows: token r's scale bytes
+    // Every token is quantized, padding too, and only the stores depend on the slot: no branch between
+    // tokens, so the compiler can overlap token r + 1's shuffles and conversions with token r's.
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int64_t s = __shfl_sync(kFullMask, my_slot, r);
-      if (s < 0) continue;  // padding or past the end (uniform over the warp)
       const QuantizedToken t = quantize_token(a[r], b[r], b_is_nope, p.quant_eps);
-      if (kBulk) {
+      if (kBulk) {  // staged for every token; a padding token's row is never copied out
         if (lane == r) my_scales = t.scales;
         unsigned char* out = stage + r * kRowBytes;
         reinterpret_cast<uint2*>(out)[lane] = t.q_a;
@@ -189,17 +192,19 @@ store_fp8_kernel(const __grid_constant__ Params p) {
           reinterpret_cast<uint4*>(out + kNope)[lane - 24] = b[r];  // rope bf16, bytes as loaded
         }
       } else {
-        int64_t page, in_page;
-        split_slot(s, p.page_size, p.page_shift, &page, &in_page);
+        const bool valid = s >= 0;  // padding or past the end: nothing stored (uniform over the warp)
+        int64_t page = 0, in_page = 0;
+        if (valid) split_slot(s, p.page_size, p.page_shift, &page, &in_page);
         unsigned char* page_base = p.cache + page * p.page_stride;
         unsigned char* out = page_base + in_page * kRowBytes;
-        store_vec<8, kHint>(out + 8 * lane, t.q_a);
+        store_vec_if<8, kHint>(valid, out + 8 * lane, t.q_a);
         if (b_is_nope) {
-          store_vec<8, kHint>(out + 8 * (32 + lane), t.q_b);
+          store_vec_if<8, kHint>(valid, out + 8 * (32 + lane), t.q_b);
         } else {
-          store_vec<16, kHint>(out + kNope + 16 * (lane - 24), b[r]);  // rope bf16, bytes as loaded
+          store_vec_if<16, kHint>(valid, out + kNope + 16 * (lane - 24), b[r]);  // rope bf16, bytes as loaded
         }
-        if (lane == 0) store_vec<8, kHint>(page_base + p.page_size * kRowBytes + in_page * kScaleBytes, t.scales);
+        store_vec_if<8, kHint>(valid && lane == 0, page_base + p.page_size * kRowBytes + in_page * kScaleBytes,
+                               t.scales);
       }
     }
     if (kBulk) {

@@ -447,11 +447,20 @@ def test_load_merges_files(tmp_path):
     a["rows"] = [r for r in a["rows"] if r["T"] == 1]
     b["rows"] = [r for r in b["rows"] if r["T"] == 4096]
     b["rows"][0]["stream_us"] = 1.0
+    a["goals"].append({"name": "prefill whole layer, T=4096", "target": ">= 1.3x", "value": None, "passed": None})
+    b["goals"] = [{"name": "decode fusable part, T=1", "target": ">= 3x", "value": 2.5, "passed": False},  # re-run
+                  {"name": "prefill whole layer, T=4096", "target": ">= 1.3x", "value": 2.0, "passed": True}]
     pa, pb = tmp_path / "a.json", tmp_path / "b.json"
     pa.write_text(json.dumps(a))
     pb.write_text(json.dumps(b))
     merged = plot.load([str(pa), str(pb)])
     assert len(merged["rows"]) == len(_data()["rows"])
     assert {r["T"] for r in merged["rows"]} == {1, 4096}
+    goals = {g["name"]: (g["value"], g["passed"]) for g in merged["goals"]}
+    assert goals == {"decode fusable part, T=1": (2.5, False), "prefill whole layer, T=4096": (2.0, True)}
+    pa.write_text(json.dumps({**a, "goals": b["goals"]}))
+    pb.write_text(json.dumps({**b, "goals": [{**g, "value": None, "passed": None} for g in b["goals"]]}))
+    goals = {g["name"]: g["passed"] for g in plot.load([str(pa), str(pb)])["goals"]}
+    assert goals == {"decode fusable part, T=1": False, "prefill whole layer, T=4096": True}  # measured stays
     assert plot.main([str(pa), str(pb), "--markdown", str(tmp_path / "h.md")]) == 0
     assert "| 4096 |" in (tmp_path / "h.md").read_text()

@@ -33,6 +33,17 @@ Common fields:
   grid covers the SMs once, never beyond the tile count (``/ min_tiles_per_split``: fewer, deeper
   splits mean fewer partial bytes for the finisher). ``splits == 1`` skips partials.
 
+Where the two-kernel path loses time at T >= 64 (sm90 SASS of the default plan, read 2026-11-21):
+Triton's pipeliner issues tile i's gathered rows at the end of iteration i - 1 and waits for them at
+the top of iteration i, with no compute in between (the rows' addresses come from the index tile
+loaded one stage earlier), so each tile pays a full random-read latency, and one program per SM
+(255 registers, 170 KB shared memory) leaves nothing to hide it; with 64 head rows on 8 warps both
+warpgroups compute the whole ``S = Q K^T`` (each needs all of P as the PV dot's register operand).
+A variant that prefetched tile i + 1 into registers during tile i (no pipeliner) was measured slower
+on an H100 (flash T = 64 / 512: 65 / 355 µs vs 54 / 271 µs; register pressure, 32-row tiles) and
+was dropped (``benchmarks/results/ops_sparse_h100_prefetch_trial.log``). Fixing both needs explicit
+layouts and asynchronous wgmma (Triton's Gluon dialect or CUDA): a FlashMLA-style kernel.
+
 ``OVERRIDES`` lets benchmarks sweep fields (e.g. ``{"path": "one_launch", "block_h": 32}``) without
 code changes; ``make_plan(..., overrides=)`` does the same per call (tests).
 """

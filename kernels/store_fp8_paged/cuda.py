@@ -26,13 +26,14 @@ from fusegraph.kernels import _kv_writers as kw
 from fusegraph.kernels._fp8 import NOPE_DIM, ROPE_DIM
 from fusegraph.kernels.store_fp8_paged.reference import check_args, store_fp8_paged
 
-# Which writer from which row count: `bash benchmarks/gpu_batch.sh WRITERS` on an H100, 2026-11-21,
-# commit 1327725 (benchmarks/results/writers_h100_1327725.log; every variant byte-exact on the GPU).
-# 16384 rows: bulk r8/w4 flat 11.78 us = 75% of copy bandwidth (vector r2/w8 streaming 11.91, the
-# previous default vector 12.52; a plain copy of the same bytes takes 10.77 = 82%); 1024-4096: the
-# one-row vector copy; 1 row: Triton 1.36 vs vector 1.40.
-DISPATCH = kw.Dispatch(((0, "triton"), (1024, "vector"), (4096, "vector/r1/w4/flat"), (16384, "bulk/r8/w4/flat")),
-                       source="H100 2026-11-21 commit 1327725, benchmarks/results/writers_h100_1327725.log")
+# Which writer from which row count: `bash benchmarks/gpu_batch.sh WRITERS --ops store_fp8_paged` on an
+# H100, 2026-11-21, commit 6dad8d0 (benchmarks/results/writers_h100_6dad8d0_store.log; every variant
+# byte-exact on the GPU). 16384 rows: bulk r8/w2 flat 11.11 us = 79% of copy bandwidth with scattered
+# slots, 10.99 us = 80% with paged-engine slots (runs of a page: one bulk copy a task); bulk r8/w4 and
+# r8/w8 within 0.2 us; the best vector copy 11.27 (r4/w4). 4096 rows: the one-row vector copy (4.21);
+# 64-1024: the default vector copy; 1 row: Triton 1.38 vs vector 1.41.
+DISPATCH = kw.Dispatch(((0, "triton"), (64, "vector"), (4096, "vector/r1/w4/flat"), (16384, "bulk/r8/w2/flat")),
+                       source="H100 2026-11-21 commit 6dad8d0, benchmarks/results/writers_h100_6dad8d0_store.log")
 
 PRIORITY = DISPATCH.priority()
 COPY_ENV, VARIANTS, TARGETS = kw.COPY_ENV, kw.VARIANTS, kw.TARGETS

@@ -11,8 +11,10 @@
 //   b = nope vector 32 + l   for l < 24 (tiles 4..6), rope vector l - 24 for l >= 24
 // and lane r < kRows loads the task's slot loc[row0 + r]: all 2 * kRows vectors and the slots are
 // in flight before the first token is quantized, so token r's quantization overlaps the loads of
-// the tokens after it. A tile's amax is a max over an aligned group of 8 lanes (three xor
-// shuffles). Quantization in registers: scale exponent e = ceil(log2(max(amax, quant_eps) / 448))
+// the tokens after it. Every token of a task is quantized (padding too; only the stores check the
+// slot), so no branch separates one token's work from the next and their shuffles overlap. A tile's
+// amax is a max over an aligned group of 8 lanes (three xor shuffles); the 7 scale bytes are packed
+// by two warp OR-reductions (redux.sync). Quantization in registers: scale exponent e = ceil(log2(max(amax, quant_eps) / 448))
 // read exactly off amax's bits (the rule of kernels/_fp8.py, no division: see ue8m0_exponent),
 // x * 2^-e converted to e4m3 with round-to-nearest-even and saturation (cvt.rn.satfinite, which is
 // the reference's clamp to +-448; bit-identical to torch's float8_e4m3fn cast for finite inputs).

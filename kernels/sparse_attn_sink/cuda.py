@@ -44,7 +44,7 @@ from fusegraph.kernels import _cuda_jit as jit
 from fusegraph.kernels._fp8 import PagedLayout
 from fusegraph.kernels.gather_dequant.reference import HEAD_DIM
 
-from .reference import gather_rows, sparse_attn_sink
+from .reference import gather_rows, no_compressed, q_reason, sparse_attn_sink
 
 HERE = Path(__file__).parent
 CUDA_FILE = HERE / "sparse_attn_decode.cu"
@@ -229,14 +229,6 @@ def available() -> str | None:
 
 
 # -- gates --------------------------------------------------------------------------------------------
-def _no_compressed(swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor],
-                   cmp_idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """(cmp_cache, cmp_idx) with ``None`` (a ratio-0 layer) as an empty list over a placeholder cache."""
-    if cmp_idx is None or cmp_cache is None:
-        return swa_cache, swa_idx[..., :0]
-    return cmp_cache, cmp_idx
-
-
 def _aligned(t: Tensor, alignment: int) -> bool:
     return t.device.type == "meta" or jit.aligned(t, alignment)
 
@@ -267,9 +259,10 @@ def _device_reason(device: torch.device) -> str | None:
 def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor], cmp_idx: Optional[Tensor],
               sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int,
               cmp_page_size: int) -> str | None:
-    cmp_cache, cmp_idx = _no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
-    if q.dtype != torch.bfloat16 or q.dim() != 3 or q.shape[-1] != HEAD_DIM or q.stride(-1) != 1:
-        return f"q must be bf16 [T, H, {HEAD_DIM}] with contiguous channels, got {q.dtype} {tuple(q.shape)}"
+    cmp_cache, cmp_idx = no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
+    reason = q_reason(q)
+    if reason:
+        return reason
     T, H, _ = q.shape
     if T > MAX_TOKENS:
         return f"decode kernel: T = {T} > {MAX_TOKENS} tokens (the Triton kernels take batches)"
@@ -337,7 +330,7 @@ def launch(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Tensor, cmp
 def sparse_attn_sink_cuda(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor],
                           cmp_idx: Optional[Tensor], sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float,
                           swa_page_size: int, cmp_page_size: int) -> Tensor:
-    cmp_cache, cmp_idx = _no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
+    cmp_cache, cmp_idx = no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
     out = _new_output(tuple(q.shape), torch.bfloat16, q.device)
     launch(q, swa_cache, swa_idx, cmp_cache, cmp_idx, sink, cos, sin, softmax_scale, swa_page_size, cmp_page_size, out)
     return out
@@ -356,7 +349,7 @@ def emulate(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[T
     online softmax with -inf guards, P rounded to bf16 for the PV product (l sums the fp32 p), the
     rank-order merge with the sink, bf16 rounding, inverse RoPE on the rounded values. (Inside one mma
     the products' summation order is the hardware's; that is the only difference left.)"""
-    cmp_cache, cmp_idx = _no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
+    cmp_cache, cmp_idx = no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
     T, H, D = q.shape
     K = swa_idx.shape[1] + cmp_idx.shape[1]
     if plan is None:

@@ -99,6 +99,23 @@ def attend(q: Tensor, kv: Tensor, invalid: Tensor, sink: Tensor, cos: Tensor, si
     return torch.cat([nope, rope.to(q.dtype)], dim=-1)
 
 
+def no_compressed(swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor],
+                  cmp_idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """(cmp_cache, cmp_idx) with ``None`` (a ratio-0 layer) as an empty list over a placeholder cache
+    (the providers' view of the op's optional compressed pool)."""
+    if cmp_idx is None or cmp_cache is None:
+        return swa_cache, swa_idx[..., :0]
+    return cmp_cache, cmp_idx
+
+
+def q_reason(q: Tensor) -> str | None:
+    """Why a provider cannot take ``q`` (every kernel reads bf16 ``[T, H, 512]`` rows with contiguous
+    channels), or ``None``."""
+    if q.dtype != torch.bfloat16 or q.dim() != 3 or q.shape[-1] != HEAD_DIM or q.stride(-1) != 1:
+        return f"q must be bf16 [T, H, {HEAD_DIM}] with contiguous channels, got {q.dtype} {tuple(q.shape)}"
+    return None
+
+
 def _shape_only(q: Tensor, *args, **kwargs) -> Tensor:
     """Fake (meta) implementation: the output's shape and dtype."""
     return q.new_empty(q.shape)

@@ -29,7 +29,7 @@ from fusegraph.kernels.gather_dequant.triton import cache_reason, index_reason
 from fusegraph.kernels.gather_dequant.triton_fp8 import fp8_native, page_shift
 
 from .plan import AttnPlan, make_plan
-from .reference import sparse_attn_sink
+from .reference import no_compressed, q_reason, sparse_attn_sink
 
 if tc.HAS_TRITON:
     from .triton_decode import sparse_attn_decode_kernel
@@ -66,20 +66,13 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def no_compressed(swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor],
-                  cmp_idx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """(cmp_cache, cmp_idx) with ``None`` (a ratio-0 layer) as an empty list over a placeholder cache."""
-    if cmp_idx is None or cmp_cache is None:
-        return swa_cache, swa_idx[..., :0]
-    return cmp_cache, cmp_idx
-
-
 def _supports(q: Tensor, swa_cache: Tensor, swa_idx: Tensor, cmp_cache: Optional[Tensor], cmp_idx: Optional[Tensor],
               sink: Tensor, cos: Tensor, sin: Tensor, softmax_scale: float, swa_page_size: int,
               cmp_page_size: int) -> str | None:
     cmp_cache, cmp_idx = no_compressed(swa_cache, swa_idx, cmp_cache, cmp_idx)
-    if q.dtype != torch.bfloat16 or q.dim() != 3 or q.shape[-1] != HEAD_DIM or q.stride(-1) != 1:
-        return f"q must be bf16 [T, H, {HEAD_DIM}] with contiguous channels, got {q.dtype} {tuple(q.shape)}"
+    reason = q_reason(q)
+    if reason:
+        return reason
     T, H, _ = q.shape
     if H == 0:
         return "q has no heads"

@@ -13,7 +13,7 @@ row once + q + output, at the measured copy bandwidth) and, at T = 1, the issue'
 Correctness: each variant's output on input set 0 against the torch reference (rel. L2).
 
 The summary ends with the ``MEASURED_FASTER`` line to paste into ``kernels/sparse_attn_sink/cuda.py``
-(the (target, heads, T) cases where the CUDA kernel's best variant beat Triton cold and warm).
+(the (heads, T) cases where the CUDA kernel's best variant beat Triton cold and warm).
 
     python -m benchmarks.sparse_decode_cuda [--only flash] [--calls 32] [--replays 20] [--json out.json]
 """
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{best.cold_us:6.2f} / {best.warm_us:6.2f}   floor {best.floor_us:.2f}"
               + (f"  target {best.target_us:.1f}" if best.target_us else ""))
         if best.cold_us < tri.cold_us and best.warm_us < tri.warm_us:
-            faster.append((target, best.heads, best.T))
+            faster.append((best.heads, best.T))
     print(f"\nMEASURED_FASTER = frozenset({sorted(faster)!r})")
     if opts.json:
         with open(opts.json, "w") as fh:

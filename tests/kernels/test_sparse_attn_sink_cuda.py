@@ -113,9 +113,9 @@ def test_supports_args_reasons():
 def test_measured_gate_is_off_until_measured(monkeypatch):
     c = make_case(1, 4, 5, 6, seed=12)
     monkeypatch.delenv(attn_cuda.FORCE_ENV, raising=False)
-    assert ("sm90", 64, 1) in attn_cuda.MEASURED_FASTER and ("sm90", 128, 4) not in attn_cuda.MEASURED_FASTER
-    assert "not measured" in attn_cuda._measured(*c.args())                   # a CPU tensor: target "cpu"
-    monkeypatch.setattr(attn_cuda, "MEASURED_FASTER", frozenset({("cpu", 4, 1)}))
+    assert (64, 1) in attn_cuda.MEASURED_FASTER and (128, 4) not in attn_cuda.MEASURED_FASTER
+    assert "not measured" in attn_cuda._measured(*c.args())                   # 4 heads: not measured
+    monkeypatch.setattr(attn_cuda, "MEASURED_FASTER", frozenset({(4, 1)}))
     assert attn_cuda._measured(*c.args()) is None
     monkeypatch.setattr(attn_cuda, "MEASURED_FASTER", frozenset())
     monkeypatch.setenv(attn_cuda.FORCE_ENV, "1")
@@ -347,7 +347,7 @@ def test_gpu_dispatch_only_when_forced(built, monkeypatch):
     c = dsv4_case(1, 64, 512, seed=73)
     target = targets.detect()
     monkeypatch.delenv(attn_cuda.FORCE_ENV, raising=False)
-    if (target, 64, 1) in attn_cuda.MEASURED_FASTER:   # measured: the default picks it
+    if (64, 1) in attn_cuda.MEASURED_FASTER:   # measured: the default picks it
         assert sparse_attn_sink.select(target, c.args()).provider == "cuda"
     monkeypatch.setattr(attn_cuda, "MEASURED_FASTER", frozenset())
     selection = sparse_attn_sink.select(target, c.args())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks import harness
 from benchmarks.ops_sparse import MODELS, WINDOW, attn_floor, attn_inputs, copy_bandwidth_gbs, rel_l2
 from fusegraph.kernels.sparse_attn_sink import cuda as attn_cuda
 from fusegraph.kernels.sparse_attn_sink import triton as attn_triton
@@ -69,20 +71,13 @@ def plan_label(name: str, args: tuple) -> str:
 
 
 def time_graph(fn: Callable[..., Any], input_sets: list[tuple], replays: int, flush: torch.Tensor) -> tuple[float, float]:
-    """(cold, warm) µs per call of a graph that calls ``fn`` once per input set."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for args in input_sets[:2]:
-            fn(*args)
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    """(cold, warm) µs per call of a graph that calls ``fn`` once per input set (the harness's capture):
+    cold = median replay with the L2 flushed before it, warm = median of back-to-back replays."""
+    def call_every_set() -> None:
         for args in input_sets:
             fn(*args)
-    graph.replay()
-    torch.cuda.synchronize()
+
+    graph, _ = harness.capture_graph(call_every_set)
     calls = len(input_sets)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(replays)]
     for start, end in events:
@@ -91,14 +86,8 @@ def time_graph(fn: Callable[..., Any], input_sets: list[tuple], replays: int, fl
         graph.replay()
         end.record()
     torch.cuda.synchronize()
-    cold = sorted(s.elapsed_time(e) for s, e in events)[replays // 2] * 1e3 / calls   # median replay
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    warm = start.elapsed_time(end) * 1e3 / (calls * replays)
+    cold = statistics.median(s.elapsed_time(e) for s, e in events) * 1e3 / calls
+    warm = statistics.median(harness.replay_times_ms(graph, replays, 1_000_000)) * 1e3 / calls
     return cold, warm
 
 
